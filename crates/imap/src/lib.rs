@@ -1,0 +1,158 @@
+//! IMAP server sessions over the slot store (RFC 3501 plus the extensions listed in
+//! [`CAPABILITIES_BASE`]).
+//!
+//! Code map (mini-redis style): `session.rs` owns the connection, the state machine and
+//! response writing; `selected.rs` is the selected mailbox's view (sequence numbers,
+//! cached records, the rules for when EXISTS/EXPUNGE/FETCH may be sent); one file per
+//! command group (`auth`, `mailbox`, `append`, `fetch`, `store`, `search`, `copy`,
+//! `expunge`, `idle`). The grammar lives in `imap-proto`; message rendering in `mime`.
+//!
+//! Architecture invariant: a session never writes to the store except through
+//! `Slot::execute_async`, and acknowledges a write only after it returns (durable).
+//!
+//! `\Recent` is tracked in memory by the server (see [`RecentTracker`]): a message is
+//! `\Recent` in the first session of this process that sees it in a selected mailbox.
+//! After a restart the first session to select a mailbox sees all its messages as
+//! `\Recent` again (the state is not persisted; RFC 3501 allows \Recent to be imprecise).
+
+pub mod mime;
+
+mod append;
+mod auth;
+mod copy;
+mod expunge;
+mod fetch;
+mod idle;
+mod mailbox;
+mod resp;
+mod search;
+mod selected;
+mod session;
+#[path = "store.rs"]
+mod store_cmd;
+mod time;
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use store::directory::{AuthLimiter, Directory};
+use store::{MailboxId, Slot};
+
+/// Extensions advertised in every state (the state-dependent ones are added by the session).
+pub const CAPABILITIES_BASE: &str = "IMAP4rev1 LITERAL+ SASL-IR ID ENABLE IDLE NAMESPACE UIDPLUS MOVE UNSELECT SPECIAL-USE CHILDREN";
+
+/// Server settings. `Default` gives the production values.
+#[derive(Debug, Clone)]
+pub struct ImapConfig {
+    /// Used in greetings and logs.
+    pub hostname: String,
+    /// Allow LOGIN / AUTHENTICATE PLAIN without TLS (tests, or behind a TLS proxy).
+    pub allow_plaintext_auth: bool,
+    /// Framing limits (line, literal, command sizes). See `imap_proto::Limits`.
+    pub limits: imap_proto::Limits,
+    /// Autologout of an authenticated session with no client activity (RFC 3501: >= 30 min).
+    pub idle_timeout: Duration,
+    /// Autologout of a session that has not logged in.
+    pub unauth_timeout: Duration,
+    /// Largest message APPEND accepts; larger gets `NO [TOOBIG]`.
+    pub append_bytes_max: u64,
+}
+
+impl Default for ImapConfig {
+    fn default() -> Self {
+        ImapConfig {
+            hostname: "localhost".into(),
+            allow_plaintext_auth: false,
+            limits: imap_proto::Limits::default(),
+            idle_timeout: Duration::from_secs(30 * 60),
+            unauth_timeout: Duration::from_secs(60),
+            append_bytes_max: 64 * 1024 * 1024,
+        }
+    }
+}
+
+/// Shared state of the IMAP service: configuration, accounts, the slots served here.
+pub struct ImapServer {
+    pub(crate) config: ImapConfig,
+    pub(crate) directory: Arc<Directory>,
+    pub(crate) limiter: Arc<AuthLimiter>,
+    pub(crate) slots: HashMap<String, Slot>,
+    pub(crate) tls: Option<tokio_rustls::TlsAcceptor>,
+    pub(crate) recent: RecentTracker,
+}
+
+impl ImapServer {
+    pub fn new(
+        config: ImapConfig,
+        directory: Arc<Directory>,
+        limiter: Arc<AuthLimiter>,
+        slots: HashMap<String, Slot>,
+        tls: Option<tokio_rustls::TlsAcceptor>,
+    ) -> Arc<Self> {
+        Arc::new(ImapServer {
+            config,
+            directory,
+            limiter,
+            slots,
+            tls,
+            recent: RecentTracker::default(),
+        })
+    }
+
+    /// Serves one client until it logs out, times out or disconnects. `implicit_tls`:
+    /// true on the imaps listener (the TLS handshake happens before the greeting).
+    /// Errors end only this connection; they are not reported further (the client saw
+    /// a `BYE` where one could be sent).
+    pub async fn serve(
+        self: Arc<Self>,
+        stream: tokio::net::TcpStream,
+        peer: SocketAddr,
+        implicit_tls: bool,
+    ) {
+        let _ = stream.set_nodelay(true);
+        session::run(self, stream, peer, implicit_tls).await;
+    }
+}
+
+/// Which messages have already been `\Recent` in some session of this process: per
+/// mailbox, the highest UID claimed. Bounded: past `RECENT_TRACKED_MAX` mailboxes the
+/// table is cleared (worst case a message is `\Recent` twice, which clients tolerate).
+#[derive(Default)]
+pub(crate) struct RecentTracker {
+    claimed: Mutex<HashMap<(String, MailboxId), u32>>,
+}
+
+const RECENT_TRACKED_MAX: usize = 100_000;
+
+impl RecentTracker {
+    /// Claims every UID up to `last_uid` for the caller and returns the previous claim
+    /// (UIDs above it are `\Recent` for the caller). `None`: never claimed in this process.
+    pub(crate) fn claim(&self, slot: &str, mailbox: MailboxId, last_uid: u32) -> Option<u32> {
+        let mut map = self.claimed.lock().unwrap_or_else(|p| p.into_inner());
+        if map.len() >= RECENT_TRACKED_MAX && !map.contains_key(&(slot.to_string(), mailbox)) {
+            map.clear();
+        }
+        let entry = map.entry((slot.to_string(), mailbox));
+        match entry {
+            std::collections::hash_map::Entry::Occupied(mut o) => {
+                let prev = *o.get();
+                if last_uid > prev {
+                    o.insert(last_uid);
+                }
+                Some(prev)
+            }
+            std::collections::hash_map::Entry::Vacant(v) => {
+                v.insert(last_uid);
+                None
+            }
+        }
+    }
+
+    /// The current claim, without changing it (for STATUS RECENT).
+    pub(crate) fn peek(&self, slot: &str, mailbox: MailboxId) -> Option<u32> {
+        let map = self.claimed.lock().unwrap_or_else(|p| p.into_inner());
+        map.get(&(slot.to_string(), mailbox)).copied()
+    }
+}
