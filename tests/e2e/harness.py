@@ -107,6 +107,22 @@ def _kill_leftovers() -> None:
             pass
 
 
+_RUNNER_SIGNALS = {signal.SIGINT, signal.SIGTERM, signal.SIGHUP}
+
+
+def _die_with_parent() -> None:
+    # Runs in the child before exec: the signal mask survives exec, so undo spawn()'s block.
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, _RUNNER_SIGNALS)
+    # PR_SET_PDEATHSIG = 1. Servers are only started from the main thread, whose exit is
+    # the runner's exit.
+    try:
+        import ctypes
+
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGKILL, 0, 0, 0)
+    except Exception:
+        pass
+
+
 class ServerError(Exception):
     pass
 
@@ -239,13 +255,22 @@ class Server:
             self._log_file = open(self.log_path, "ab")
         self._log_file.write(f"---- start #{self.starts + 1}\n".encode())
         self._log_file.flush()
-        self.proc = subprocess.Popen(
-            [tandem_bin(), "--data", str(self.data), "serve"],
-            stdin=subprocess.DEVNULL,
-            stdout=self._log_file,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
+        # Runner signals (see run.py) are held off while spawning, so an interrupt can never
+        # leave a started server that `self.proc` does not know about.
+        old_mask = signal.pthread_sigmask(signal.SIG_BLOCK, _RUNNER_SIGNALS)
+        try:
+            self.proc = subprocess.Popen(
+                [tandem_bin(), "--data", str(self.data), "serve"],
+                stdin=subprocess.DEVNULL,
+                stdout=self._log_file,
+                stderr=subprocess.STDOUT,
+                # Own session: a Ctrl-C meant for the test runner must not hit the server
+                # directly. Parent-death signal: even a SIGKILLed runner leaves no server behind.
+                start_new_session=True,
+                preexec_fn=_die_with_parent,
+            )
+        finally:
+            signal.pthread_sigmask(signal.SIG_SETMASK, old_mask)
         self.starts += 1
         return self.proc
 
@@ -358,6 +383,15 @@ class Server:
     def imap_plain(self, timeout: float = IO_TIMEOUT_S) -> imaplib.IMAP4:
         return imaplib.IMAP4(HOST, self.ports["imap"], timeout=timeout)
 
+    def imap_starttls(self, user: str | None = None, password: str | None = None,
+                      timeout: float = IO_TIMEOUT_S) -> imaplib.IMAP4:
+        """Plain port, STARTTLS (certificate not verified), then LOGIN if a user is given."""
+        m = self.imap_plain(timeout)
+        m.starttls(ssl_context=unverified_context())
+        if user is not None:
+            m.login(user, password)
+        return m
+
     def lmtp(self, timeout: float = IO_TIMEOUT_S) -> "Lmtp":
         return Lmtp(HOST, self.ports["lmtp"], timeout=timeout)
 
@@ -414,6 +448,17 @@ class Lmtp(smtplib.LMTP):
 
     def __init__(self, host: str, port: int, timeout: float = IO_TIMEOUT_S):
         super().__init__(host, port, timeout=timeout)
+
+    def __exit__(self, exc_type, *rest) -> None:
+        # smtplib's own __exit__ sends QUIT and raises on an unexpected reply, which would
+        # hide the real error of an interrupted transaction behind a stale reply.
+        if exc_type is not None:
+            self.close()
+            return
+        try:
+            self.quit()
+        except (OSError, smtplib.SMTPException):
+            self.close()
 
     def transaction(self, mail_from: str, rcpts: list[str], message: bytes) -> LmtpResult:
         self.ehlo_or_helo_if_needed()
@@ -796,6 +841,12 @@ class RawImap:
             if line.startswith(tag.encode() + b" "):
                 return untagged, line, lits
             untagged.append(line)
+
+    def start_tls(self) -> None:
+        """Switches this connection to TLS (after the server's OK to STARTTLS)."""
+        if self.buf:
+            raise AssertionError(f"plaintext left over before the TLS handshake: {self.buf!r}")
+        self.sock = unverified_context().wrap_socket(self.sock, server_hostname="localhost")
 
     def login(self, user: str, password: str) -> None:
         _, tagged, _ = self.command(f"LOGIN {qstr(user)} {qstr(password)}")

@@ -13,6 +13,7 @@ Binary: $TANDEM_BIN, default target/debug/tandem under the repo root (build it f
 from __future__ import annotations
 
 import argparse
+import signal
 import sys
 import time
 import unittest
@@ -65,6 +66,13 @@ class CountingResult(unittest.TextTestResult):
 
 
 def main() -> int:
+    # SIGTERM/SIGHUP (a CI timeout) act like Ctrl-C: unittest stops (it swallows
+    # SystemExit but not KeyboardInterrupt) and atexit kills the servers.
+    def interrupt(signum, _frame):
+        raise KeyboardInterrupt(f"signal {signum}")
+
+    for sig in (signal.SIGTERM, signal.SIGHUP):
+        signal.signal(sig, interrupt)
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("modules", nargs="*", help="test modules to run (default: all test_*.py)")
     ap.add_argument("-k", dest="patterns", action="append", help="only tests whose name contains this")
@@ -92,7 +100,13 @@ def main() -> int:
         stream=sys.stdout,
     )
     t0 = time.monotonic()
-    result: CountingResult = runner.run(suite)
+    try:
+        result: CountingResult = runner.run(suite)
+    except KeyboardInterrupt as e:
+        harness._kill_leftovers()
+        print(f"\ne2e: interrupted ({e or 'Ctrl-C'})")
+        print("e2e: 0 passed, 1 failed, 0 skipped")
+        return 130
     sys.stdout.flush()
     # Set-up errors of a class or module show up as failures with no started test.
     failed = len(result.failed_ids)

@@ -14,7 +14,6 @@ from harness import (
     HOST,
     MessageFactory,
     Server,
-    check,
     fetch_bodies,
     free_port,
     select,

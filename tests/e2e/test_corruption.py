@@ -49,6 +49,12 @@ class CorruptionTest(unittest.TestCase):
                 _, tagged, lits = r.command(f"UID FETCH {uid} (UID BODY.PEEK[])")
                 self.assertIn(b" OK", tagged, f"FETCH of intact message {i}: {tagged!r}")
                 self.assertEqual(lits, [sent[i]], f"intact message {i} must come back exactly")
+            # A whole-mailbox fetch (what a client does to fill a folder view) still gets
+            # every intact message, and a NO for the damaged one.
+            untagged, tagged, lits = r.command("UID FETCH 1:* (UID BODY.PEEK[])")
+            self.assertRegex(tagged, rb"^\S+ NO ", f"range FETCH over a damaged message: {tagged!r}")
+            self.assertEqual(lits, [b for i, b in enumerate(sent) if i != bad],
+                             "a range FETCH returns every intact message, exactly, and nothing of the damaged one")
             _, tagged, _ = r.command("NOOP")
             self.assertIn(b" OK", tagged)
         self.assertTrue(s.running(), "the server must stay up")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import datetime
 import imaplib
 import time
@@ -432,6 +433,34 @@ class MailTest(ServerTestCase):
         finally:
             m.logout()
 
+    def test_no_authentication_of_any_kind_before_starttls(self):
+        user, pw = self.new_user()
+        with self.server.raw_imap(tls=False) as r:
+            untagged, _, _ = r.command("CAPABILITY")
+            caps = b" ".join(untagged).upper()
+            self.assertIn(b"LOGINDISABLED", caps)
+            self.assertNotIn(b"AUTH=PLAIN", caps, "AUTH=PLAIN must not be offered before TLS")
+            ir = base64.b64encode(f"\0{user}\0{pw}".encode()).decode()
+            _, tagged, _ = r.command(f"AUTHENTICATE PLAIN {ir}")
+            self.assertRegex(tagged, rb"^\S+ (NO|BAD)", f"AUTHENTICATE PLAIN before STARTTLS: {tagged!r}")
+            _, tagged, _ = r.command("SELECT INBOX")
+            self.assertRegex(tagged, rb"^\S+ (NO|BAD)", "still not authenticated")
+
+    def test_commands_pipelined_behind_starttls_are_not_run(self):
+        """Plaintext sent in the same packet as STARTTLS must be discarded, never executed
+        inside the TLS session (the CVE-2011-0411 class of bugs)."""
+        user, pw = self.new_user()
+        with self.server.raw_imap(tls=False) as r:
+            r.send(f'S1 STARTTLS\r\nS2 LOGIN "{user}" "{pw}"\r\n'.encode())
+            untagged, tagged, _ = r.collect("S1", 5)
+            self.assertTrue(tagged.startswith(b"S1 OK"), f"STARTTLS: {untagged!r} {tagged!r}")
+            r.start_tls()
+            _, tagged, _ = r.command("SELECT INBOX", tag="S3")
+            self.assertRegex(tagged, rb"^S3 (NO|BAD)", "the injected LOGIN must not have authenticated the TLS session")
+            r.login(user, pw)
+            _, tagged, _ = r.command("SELECT INBOX", tag="S4")
+            self.assertTrue(tagged.startswith(b"S4 OK"), tagged)
+
     def test_wrong_password_gets_authenticationfailed(self):
         user, pw = self.new_user()
         with self.server.raw_imap() as r:
@@ -474,6 +503,25 @@ class MailTest(ServerTestCase):
             self.assertGreaterEqual(uids[2], before["UIDNEXT"], "a new message never reuses a UID")
             self.assertEqual([got[u] for u in uids], sent)
             self.assertEqual(status(m, "Stable", "(UIDVALIDITY UIDNEXT)"), before_stable)
+        finally:
+            m.logout()
+
+
+class PlaintextAuthTest(ServerTestCase):
+    """`allow_plaintext_auth = true`: LOGIN works on the plain port without STARTTLS."""
+
+    server_kwargs = {"allow_plaintext_auth": True}
+
+    def test_login_without_tls_when_allowed(self):
+        user, pw = self.new_user()
+        msg = MessageFactory(seed=102).message(1, to=user)
+        self.assertTrue(self.server.deliver(user, msg).all_delivered())
+        m = self.server.imap_plain()
+        try:
+            self.assertNotIn("LOGINDISABLED", m.capabilities)
+            check(m.login(user, pw), "LOGIN without TLS")
+            select(m)
+            self.assertEqual(list(fetch_bodies(m).values()), [msg])
         finally:
             m.logout()
 

@@ -8,7 +8,6 @@ import shutil
 import subprocess
 import time
 import unittest
-from pathlib import Path
 
 from harness import (
     DOMAIN,

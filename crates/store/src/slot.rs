@@ -74,14 +74,33 @@ pub(crate) struct Shared {
     pub clock: Arc<dyn Clock>,
     pub durable: RwLock<Snapshot>,
     pub notify: tokio::sync::broadcast::Sender<ChangeNotice>,
+    pub alerted: std::sync::Mutex<std::collections::HashMap<String, std::time::Instant>>,
     /// Group commits (journal fsyncs) since open: lets tests see that concurrent writes
     /// share fsyncs.
     pub journal_fsyncs: std::sync::atomic::AtomicU64,
 }
 
+/// The same problem (same kind and detail) is alerted at most once per this interval, so a
+/// client retrying a damaged message in a loop cannot flood the event log.
+const ALERT_REPEAT_SECS: u64 = 600;
+const ALERT_MEMORY_MAX: usize = 10_000;
+
 impl Shared {
     pub fn alert(&self, mut ev: Event) {
         ev.slot = Some(self.name.clone());
+        let key = format!("{}\0{}", ev.kind, ev.detail);
+        {
+            let mut seen = self.alerted.lock().unwrap_or_else(|p| p.into_inner());
+            if let Some(t) = seen.get(&key)
+                && t.elapsed().as_secs() < ALERT_REPEAT_SECS
+            {
+                return;
+            }
+            if seen.len() >= ALERT_MEMORY_MAX {
+                seen.clear();
+            }
+            seen.insert(key, std::time::Instant::now());
+        }
         self.events.raise(ev);
     }
 }
@@ -157,6 +176,7 @@ impl Slot {
             events,
             clock,
             notify,
+            alerted: Default::default(),
             journal_fsyncs: std::sync::atomic::AtomicU64::new(0),
         });
         let (tx, rx) = mpsc::sync_channel(WRITE_QUEUE_MAX);

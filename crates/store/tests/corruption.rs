@@ -185,9 +185,10 @@ fn record_with_bad_crc_is_listed_as_corrupt_alerted_and_isolated() {
             view.message(&h, Uid(2)),
             Err(StoreError::CorruptRecord { .. })
         ));
+        // The same damage read again is not alerted again (no flood from retrying clients).
         assert_eq!(
             alerts_of_kind(&env, "corrupt_record").len(),
-            alerts_before + 2
+            alerts_before + 1
         );
         for u in [1, 3, 4] {
             assert_eq!(view.message(&h, Uid(u)).unwrap().unwrap().uid, Uid(u));
