@@ -140,17 +140,23 @@ class Server:
         extra_toml: str = "",
         listen: dict[str, str] | None = None,
         start: bool = True,
+        dns: dict[str, list[str]] | None = None,
     ):
         self.tmp = Path(tempfile.mkdtemp(prefix="tandem-e2e-"))
         self.data = self.tmp / "data"
         self.data.mkdir()
         self.log_path = self.tmp / "server.log"
-        self.ports = {"imap": free_port(), "imaps": free_port(), "lmtp": free_port()}
+        self.ports = {k: free_port() for k in ("imap", "imaps", "pop3", "pop3s", "lmtp",
+                                                 "smtp", "submission", "submissions",
+                                                 "http", "https")}
         self.listen = {k: f"{HOST}:{p}" for k, p in self.ports.items()}
         if listen:
             self.listen.update(listen)
         self.allow_plaintext_auth = allow_plaintext_auth
         self.extra_toml = extra_toml
+        # Mail DNS always comes from a static table in tests: the server never asks the
+        # network (an empty table answers NXDOMAIN to everything).
+        self.dns = dict(dns or {})
         self.proc: subprocess.Popen | None = None
         self.starts = 0
         self._log_file = None
@@ -190,6 +196,9 @@ class Server:
         if self.allow_plaintext_auth:
             lines.append("allow_plaintext_auth = true")
         lines.append(self.extra_toml)
+        lines.append("[dns.static]")
+        for name, records in self.dns.items():
+            lines.append(f"{json.dumps(name)} = {json.dumps(records)}")
         lines.append("[listen]")
         for k, v in self.listen.items():
             lines.append(f'{k} = "{v}"')
@@ -482,6 +491,155 @@ class Lmtp(smtplib.LMTP):
         for r in accepted:
             res.data[r] = self.getreply()
         return res
+
+
+# --------------------------------------------------------------------------------------
+# SMTP: clients for the MX and submission listeners, and a sink to send to
+
+def smtp_mx(server: "Server", timeout: float = IO_TIMEOUT_S) -> smtplib.SMTP:
+    """A plain SMTP connection to the server's MX listener (EHLO not yet sent)."""
+    return smtplib.SMTP(HOST, server.ports["smtp"], local_hostname="client.e2e.test", timeout=timeout)
+
+
+def smtp_submission(server: "Server", user: str | None = None, password: str | None = None,
+                    timeout: float = IO_TIMEOUT_S) -> smtplib.SMTP:
+    """Port 587 style: STARTTLS (certificate not verified), then AUTH if a user is given."""
+    s = smtplib.SMTP(HOST, server.ports["submission"], local_hostname="laptop.e2e.test", timeout=timeout)
+    s.starttls(context=unverified_context())
+    if user is not None:
+        s.login(user, password)
+    return s
+
+
+def smtp_submissions(server: "Server", user: str | None = None, password: str | None = None,
+                     timeout: float = IO_TIMEOUT_S) -> smtplib.SMTP_SSL:
+    """Port 465 style: TLS from the first byte, then AUTH if a user is given."""
+    s = smtplib.SMTP_SSL(HOST, server.ports["submissions"], local_hostname="laptop.e2e.test",
+                         context=unverified_context(), timeout=timeout)
+    if user is not None:
+        s.login(user, password)
+    return s
+
+
+class SmtpSink:
+    """A tiny SMTP server on loopback that plays "the remote domain" for outbound tests.
+
+    `policy(rcpt) -> (code, text)` answers RCPT (default 250); `data_reply` answers the final
+    dot (default 250); with `stall` set the sink waits that long before answering the dot.
+    A message counts as received only once the sink's 250 to the dot was sent, like a real
+    server. Received messages: `self.messages` (list of dicts: mail_from, rcpts, data,
+    tls=False). Runs in a thread; `close()` stops it.
+    """
+
+    def __init__(self, policy=None, data_reply: tuple[int, str] = (250, "2.0.0 ok"),
+                 stall: float = 0.0, port: int = 0):
+        import threading
+        self.policy = policy or (lambda rcpt: (250, "2.1.5 ok"))
+        self.data_reply = data_reply
+        self.stall = stall
+        self.messages: list[dict] = []
+        self.connections = 0
+        self.lock = threading.Lock()
+        self.sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        self.sock.bind((HOST, port))
+        self.sock.listen(16)
+        self.port = self.sock.getsockname()[1]
+        self.closed = False
+        self.thread = threading.Thread(target=self._serve, daemon=True)
+        self.thread.start()
+
+    def _serve(self) -> None:
+        import threading
+        while not self.closed:
+            try:
+                conn, _ = self.sock.accept()
+            except OSError:
+                return
+            with self.lock:
+                self.connections += 1
+            threading.Thread(target=self._session, args=(conn,), daemon=True).start()
+
+    def _session(self, conn: socket.socket) -> None:
+        conn.settimeout(IO_TIMEOUT_S)
+        f = conn.makefile("rb")
+        send = lambda line: conn.sendall(line.encode() + b"\r\n")  # noqa: E731
+        try:
+            send("220 sink.e2e.test ESMTP sink")
+            mail_from, rcpts = None, []
+            while True:
+                line = f.readline(4096)
+                if not line:
+                    return
+                cmd = line.decode(errors="replace").strip()
+                verb = cmd.split(" ", 1)[0].upper()
+                if verb in ("EHLO", "HELO"):
+                    send("250-sink.e2e.test\r\n250-8BITMIME\r\n250-SMTPUTF8\r\n250 SIZE 100000000")
+                elif verb == "MAIL":
+                    mail_from, rcpts = cmd[cmd.index("<") + 1:cmd.index(">")], []
+                    send("250 2.1.0 ok")
+                elif verb == "RCPT":
+                    rcpt = cmd[cmd.index("<") + 1:cmd.index(">")]
+                    code, text = self.policy(rcpt)
+                    if code == 250:
+                        rcpts.append(rcpt)
+                    send(f"{code} {text}")
+                elif verb == "DATA":
+                    send("354 go ahead")
+                    data = b""
+                    while True:
+                        l = f.readline(1 << 20)
+                        if not l:
+                            return
+                        if l == b".\r\n":
+                            break
+                        data += l[1:] if l.startswith(b".") else l
+                    if self.stall:
+                        time.sleep(self.stall)
+                        # Like a real server, commit only if the client is still there: a
+                        # client that died before our reply never saw the message accepted.
+                        try:
+                            if conn.recv(1, socket.MSG_PEEK | socket.MSG_DONTWAIT) == b"":
+                                return
+                        except BlockingIOError:
+                            pass
+                    code, text = self.data_reply
+                    send(f"{code} {text}")
+                    if code == 250:
+                        with self.lock:
+                            self.messages.append({"mail_from": mail_from, "rcpts": list(rcpts), "data": data})
+                elif verb == "RSET":
+                    mail_from, rcpts = None, []
+                    send("250 ok")
+                elif verb == "QUIT":
+                    send("221 bye")
+                    return
+                else:
+                    send("502 5.5.1 not implemented")
+        except OSError:
+            return
+        finally:
+            try:
+                conn.close()
+            except OSError:
+                pass
+
+    def received(self) -> list[dict]:
+        with self.lock:
+            return list(self.messages)
+
+    def close(self) -> None:
+        self.closed = True
+        try:
+            self.sock.close()
+        except OSError:
+            pass
+
+    def __enter__(self) -> "SmtpSink":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
 
 
 # --------------------------------------------------------------------------------------
@@ -1044,3 +1202,112 @@ def _logout_quietly(m: imaplib.IMAP4) -> None:
             m.shutdown()
         except Exception:
             pass
+
+
+# --------------------------------------------------------------------------------------
+# several hosts: a cluster on one machine
+
+class Cluster:
+    """Several `tandem serve` hosts on this machine replicating slots per one shared
+    `cluster.toml`. Each host is a `Server` with its own data directory; its identity is
+    `host = "NAME"` in its tandem.toml, and its replication listener is on its own loopback
+    address (127.0.0.2, 127.0.0.3, ... — Linux routes all of 127/8 to loopback). Clients
+    reach each host's IMAP/LMTP on 127.0.0.1 ports as with a single `Server`.
+
+    The cluster CA is made on the first host (`tandem cluster ca init`); every host gets
+    its certificate (`tandem cluster cert issue NAME --out HOST/cluster`) and `ca.pem`.
+    `slots_toml` is the `[slots.*]` part of cluster.toml; `write_cluster` replaces it (to
+    move a master, with a higher epoch). Nothing is started until `start(name)`.
+    """
+
+    def __init__(self, hosts: list[str], slots_toml: str):
+        self.tmp = Path(tempfile.mkdtemp(prefix="tandem-e2e-cluster-"))
+        self.config_path = self.tmp / "cluster.toml"
+        self.repl_addr = {h: f"127.0.0.{i + 2}:{free_port()}" for i, h in enumerate(hosts)}
+        self.servers: dict[str, Server] = {}
+        try:
+            for h in hosts:
+                extra = f'host = "{h}"\n[cluster]\nconfig = "{self.config_path}"\nio_timeout_secs = 10\n'
+                self.servers[h] = Server(start=False, extra_toml=extra)
+            first = self.servers[hosts[0]]
+            self._cli_ok(first, "cluster", "ca", "init")
+            ca = first.data / "cluster" / "ca.pem"
+            for h in hosts:
+                out = self.servers[h].data / "cluster"
+                self._cli_ok(first, "cluster", "cert", "issue", h, "--out", str(out))
+                if h != hosts[0]:
+                    shutil.copy(ca, out / "ca.pem")
+            self.write_cluster(slots_toml)
+        except BaseException:
+            self.close()
+            raise
+
+    @staticmethod
+    def _cli_ok(s: Server, *args: str) -> subprocess.CompletedProcess:
+        r = s.cli(*args)
+        if r.returncode != 0:
+            raise ServerError(f"tandem {' '.join(args)} failed ({r.returncode}): {r.stderr.decode(errors='replace')}")
+        return r
+
+    def __getitem__(self, name: str) -> Server:
+        return self.servers[name]
+
+    def write_cluster(self, slots_toml: str) -> None:
+        lines = []
+        for i, (h, addr) in enumerate(self.repl_addr.items()):
+            lines += [f"[hosts.{h}]", f'datacentre = "dc{i % 2}"', f'replication = "{addr}"', ""]
+        tmp = self.config_path.with_suffix(".tmp")
+        tmp.write_text("\n".join(lines) + "\n" + slots_toml + "\n")
+        tmp.replace(self.config_path)
+
+    def start(self, *names: str) -> None:
+        for n in names or tuple(self.servers):
+            self.servers[n].start()
+
+    def add_user(self, address: str, password: str) -> None:
+        """On every host (each host has its own account directory until cluster state)."""
+        for s in self.servers.values():
+            s.add_user(address, password)
+
+    def status(self, name: str) -> list[dict]:
+        r = self._cli_ok(self.servers[name], "status", "--json")
+        return json.loads(r.stdout)
+
+    def synced(self, master: str, slot: str = "s1") -> bool:
+        """True when every replica of `slot` on `master` is connected, confirmed every
+        change, and is not in the middle of a full compare."""
+        try:
+            st = [s for s in self.status(master) if s["slot"] == slot]
+        except (ServerError, json.JSONDecodeError, subprocess.TimeoutExpired):
+            return False
+        return bool(st) and st[0]["role"] == "master" and all(
+            r["connected"] and r["lag_changes"] == 0 and r["progress"] is None and r["last_sync_unix"]
+            for r in st[0]["replicas"]
+        )
+
+    def wait_synced(self, master: str, timeout: float = 60.0, slot: str = "s1") -> None:
+        if not wait_until(lambda: self.synced(master, slot), timeout, interval=0.2):
+            raise AssertionError(
+                f"replicas of {slot} on {master} did not catch up in {timeout}s: {self.status(master)}\n"
+                + "\n".join(f"--- {n}\n{s.log_tail(15)}" for n, s in self.servers.items())
+            )
+
+    def verify(self, master: str) -> subprocess.CompletedProcess:
+        return self.servers[master].cli("cluster", "verify")
+
+    def events(self, name: str, kind: str) -> list[dict]:
+        return [e for e in self.servers[name].events() if e.get("kind") == kind]
+
+    def close(self) -> None:
+        for s in self.servers.values():
+            try:
+                s.close()
+            except Exception:
+                pass
+        shutil.rmtree(self.tmp, ignore_errors=True)
+
+    def __enter__(self) -> "Cluster":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()

@@ -149,6 +149,24 @@ impl Framer {
         self.buf.is_empty() && self.cmd.is_empty() && self.state == State::Line
     }
 
+    /// Frees buffer capacity beyond what is held now (after a large command, before a
+    /// long wait): a session's idle memory is then what it holds, not its high-water mark.
+    pub fn release_spare_memory(&mut self) {
+        self.buf.shrink_to_fit();
+        self.cmd.shrink_to_fit();
+    }
+
+    /// Takes the received bytes not yet framed, when no command is half-framed (else
+    /// `None`). COMPRESS needs them: whatever the client sent after the command that
+    /// switched the stream belongs to the new (compressed) stream.
+    pub fn take_unframed(&mut self) -> Option<Vec<u8>> {
+        if !self.cmd.is_empty() || self.state != State::Line {
+            return None;
+        }
+        self.scanned = 0;
+        Some(std::mem::take(&mut self.buf))
+    }
+
     /// Room left for the current line segment under both the line and command limits.
     fn line_budget(&self) -> usize {
         self.limits

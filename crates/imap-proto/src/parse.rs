@@ -119,6 +119,11 @@ impl<'a> Parser<'a> {
         }
     }
 
+    /// `expected <what>, found <what is here>`.
+    fn expected(&self, what: &str) -> String {
+        format!("expected {what}, found {}", self.describe_here())
+    }
+
     fn expect(&mut self, b: u8, what: &str) -> R<()> {
         if self.eat(b) {
             Ok(())
@@ -704,6 +709,21 @@ impl<'a> Parser<'a> {
                 self.sp()?;
                 CommandKind::GetQuotaRoot(self.mailbox()?)
             }
+            "SETQUOTA" => {
+                self.sp()?;
+                self.setquota()?
+            }
+            "COMPRESS" => {
+                self.sp()?;
+                let mech = self.atom("a compression mechanism")?;
+                CommandKind::Compress(String::from_utf8_lossy(mech).to_ascii_uppercase())
+            }
+            "NOTIFY" => {
+                self.sp()?;
+                CommandKind::Notify(self.notify()?)
+            }
+            "SORT" => self.sort(false)?,
+            "THREAD" => self.thread(false)?,
             "SEARCH" => CommandKind::Search {
                 uid: false,
                 args: self.search_args()?,
@@ -728,6 +748,8 @@ impl<'a> Parser<'a> {
                     },
                     "STORE" => self.store(true)?,
                     "COPY" | "MOVE" => self.copy_move(&sub, true)?,
+                    "SORT" => self.sort(true)?,
+                    "THREAD" => self.thread(true)?,
                     "EXPUNGE" => {
                         self.sp()?;
                         CommandKind::UidExpunge(self.seq_or_saved()?)
@@ -893,7 +915,8 @@ impl<'a> Parser<'a> {
             "JUNK" => SpecialUse::Junk,
             "SENT" => SpecialUse::Sent,
             "TRASH" => SpecialUse::Trash,
-            other => return Err(format!("unsupported special-use attribute \\{other}")),
+            "" => return Err("expected a special-use attribute name after '\\'".into()),
+            _ => SpecialUse::Unsupported,
         })
     }
 
@@ -990,6 +1013,7 @@ impl<'a> Parser<'a> {
                 "HIGHESTMODSEQ" => StatusItem::HighestModSeq,
                 "SIZE" => StatusItem::Size,
                 "DELETED" => StatusItem::Deleted,
+                "MAILBOXID" => StatusItem::MailboxId,
                 "" => {
                     return Err(format!(
                         "expected a status item, found {}",
@@ -1120,13 +1144,7 @@ impl<'a> Parser<'a> {
         self.sp()?;
         let mut attrs = Vec::new();
         if self.eat(b'(') {
-            loop {
-                attrs.push(self.fetch_att()?);
-                if self.eat(b')') {
-                    break;
-                }
-                self.sp()?;
-            }
+            attrs = self.fetch_att_list_rest()?;
         } else {
             let save = self.pos;
             match self.name().as_str() {
@@ -1194,6 +1212,18 @@ impl<'a> Parser<'a> {
         })
     }
 
+    /// `fetch-att *(SP fetch-att) ")"`, after the opening parenthesis.
+    fn fetch_att_list_rest(&mut self) -> R<Vec<FetchAttr>> {
+        let mut attrs = Vec::new();
+        loop {
+            attrs.push(self.fetch_att()?);
+            if self.eat(b')') {
+                return Ok(attrs);
+            }
+            self.sp()?;
+        }
+    }
+
     fn fetch_att(&mut self) -> R<FetchAttr> {
         let name = self.name();
         Ok(match name.as_str() {
@@ -1207,6 +1237,11 @@ impl<'a> Parser<'a> {
             "BODYSTRUCTURE" => FetchAttr::BodyStructure,
             "UID" => FetchAttr::Uid,
             "MODSEQ" => FetchAttr::ModSeq,
+            "EMAILID" => FetchAttr::EmailId,
+            "THREADID" => FetchAttr::ThreadId,
+            "PREVIEW" => FetchAttr::Preview {
+                lazy: self.preview_mods()?,
+            },
             "BODY" if self.peek() != Some(b'[') => FetchAttr::Body,
             "BODY" | "BODY.PEEK" => {
                 let section = self.section()?;
@@ -1321,6 +1356,265 @@ impl<'a> Parser<'a> {
         let count = self.nz_number("partial length")?;
         self.expect(b'>', "'>' closing partial range")?;
         Ok(Some(Partial { origin, count }))
+    }
+
+    /// RFC 8474 objectid: 1 to 255 letters, digits, `-` and `_`.
+    fn objectid(&mut self) -> R<String> {
+        let start = self.pos;
+        while self
+            .peek()
+            .is_some_and(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+        {
+            self.pos += 1;
+        }
+        let len = self.pos - start;
+        if len == 0 || len > 255 {
+            return Err("expected an object id (1 to 255 letters, digits, - or _)".into());
+        }
+        Ok(String::from_utf8_lossy(&self.s[start..self.pos]).into_owned())
+    }
+
+    /// RFC 8970 `[SP "(" preview-mod *(SP preview-mod) ")"]` after `PREVIEW`; returns
+    /// LAZY. The `(` is only taken when a modifier name follows, so `PREVIEW
+    /// (CHANGEDSINCE 1)` still reads as FETCH modifiers.
+    fn preview_mods(&mut self) -> R<bool> {
+        let save = self.pos;
+        if !(self.eat(b' ') && self.eat(b'(')) {
+            self.pos = save;
+            return Ok(false);
+        }
+        let mut lazy = false;
+        loop {
+            match self.name().as_str() {
+                "LAZY" => lazy = true,
+                _ if !lazy => {
+                    self.pos = save;
+                    return Ok(false);
+                }
+                other => return Err(format!("unknown PREVIEW modifier {other}")),
+            }
+            if self.eat(b')') {
+                return Ok(lazy);
+            }
+            self.sp()?;
+        }
+    }
+
+    fn setquota(&mut self) -> R<CommandKind> {
+        // RFC 9208 allows only a few resources; a long list is a broken client.
+        const RESOURCES_MAX: usize = 16;
+        let root = self.astring("a quota root")?;
+        let root = Self::utf8_string(root, "quota root")?;
+        self.sp()?;
+        self.expect(b'(', "'(' starting quota limits")?;
+        let mut limits = Vec::new();
+        if !self.eat(b')') {
+            loop {
+                if limits.len() == RESOURCES_MAX {
+                    return Err(format!(
+                        "SETQUOTA accepts at most {RESOURCES_MAX} resources"
+                    ));
+                }
+                let name =
+                    String::from_utf8_lossy(self.atom("a resource name")?).to_ascii_uppercase();
+                self.sp()?;
+                let limit = self.number64("resource limit", MODSEQ_MAX)?;
+                limits.push((name, limit));
+                if self.eat(b')') {
+                    break;
+                }
+                self.sp()?;
+            }
+        }
+        Ok(CommandKind::SetQuota { root, limits })
+    }
+
+    /// `charset 1*(SP search-key)` as in SORT and THREAD (the charset is mandatory).
+    fn charset_and_keys(&mut self) -> R<(String, Vec<SearchKey>)> {
+        let cs = match self.peek() {
+            Some(b'"') => self.quoted()?,
+            _ => self.atom("a charset name")?.to_vec(),
+        };
+        let charset = Self::utf8_string(cs, "charset name")?;
+        self.sp()?;
+        let mut keys = vec![self.search_key(1)?];
+        while self.eat(b' ') {
+            keys.push(self.search_key(1)?);
+        }
+        Ok((charset, keys))
+    }
+
+    fn sort(&mut self, uid: bool) -> R<CommandKind> {
+        self.sp()?;
+        self.expect(b'(', "'(' starting sort criteria")?;
+        let mut criteria = Vec::new();
+        loop {
+            let mut reverse = false;
+            let mut name = self.name();
+            if name == "REVERSE" {
+                reverse = true;
+                self.sp()?;
+                name = self.name();
+            }
+            let key = match name.as_str() {
+                "ARRIVAL" => SortKey::Arrival,
+                "CC" => SortKey::Cc,
+                "DATE" => SortKey::Date,
+                "FROM" => SortKey::From,
+                "SIZE" => SortKey::Size,
+                "SUBJECT" => SortKey::Subject,
+                "TO" => SortKey::To,
+                "DISPLAYFROM" => SortKey::DisplayFrom,
+                "DISPLAYTO" => SortKey::DisplayTo,
+                "" => return Err(self.expected("a sort key")),
+                other => return Err(format!("unknown sort key {other}")),
+            };
+            criteria.push(SortCriterion { reverse, key });
+            if self.eat(b')') {
+                break;
+            }
+            self.sp()?;
+        }
+        self.sp()?;
+        let (charset, keys) = self.charset_and_keys()?;
+        Ok(CommandKind::Sort {
+            uid,
+            criteria,
+            charset,
+            keys,
+        })
+    }
+
+    fn thread(&mut self, uid: bool) -> R<CommandKind> {
+        self.sp()?;
+        let algorithm = match self.name().as_str() {
+            "ORDEREDSUBJECT" => ThreadAlgorithm::OrderedSubject,
+            "REFERENCES" => ThreadAlgorithm::References,
+            "" => return Err(self.expected("a threading algorithm")),
+            other => return Err(format!("unsupported threading algorithm {other}")),
+        };
+        self.sp()?;
+        let (charset, keys) = self.charset_and_keys()?;
+        Ok(CommandKind::Thread {
+            uid,
+            algorithm,
+            charset,
+            keys,
+        })
+    }
+
+    /// RFC 5465: `NONE` or `SET [SP STATUS] SP event-group *(SP event-group)`.
+    fn notify(&mut self) -> R<Option<NotifySet>> {
+        // A handful of groups covers every real use; more is a broken client.
+        const GROUPS_MAX: usize = 32;
+        match self.name().as_str() {
+            "NONE" => return Ok(None),
+            "SET" => {}
+            _ => return Err("NOTIFY expects SET or NONE".into()),
+        }
+        self.sp()?;
+        let status = self.try_word("STATUS");
+        if status {
+            self.sp()?;
+        }
+        let mut groups = Vec::new();
+        loop {
+            if groups.len() == GROUPS_MAX {
+                return Err(format!("NOTIFY accepts at most {GROUPS_MAX} event groups"));
+            }
+            groups.push(self.notify_group()?);
+            if !self.eat(b' ') {
+                break;
+            }
+        }
+        Ok(Some(NotifySet { status, groups }))
+    }
+
+    fn notify_group(&mut self) -> R<NotifyGroup> {
+        self.expect(b'(', "'(' starting a NOTIFY event group")?;
+        let filter = match self.name().as_str() {
+            "SELECTED" => NotifyFilter::Selected,
+            "SELECTED-DELAYED" => NotifyFilter::SelectedDelayed,
+            "INBOXES" => NotifyFilter::Inboxes,
+            "PERSONAL" => NotifyFilter::Personal,
+            "SUBSCRIBED" => NotifyFilter::Subscribed,
+            "SUBTREE" => {
+                self.sp()?;
+                NotifyFilter::Subtree(self.one_or_more_mailbox()?)
+            }
+            "MAILBOXES" => {
+                self.sp()?;
+                NotifyFilter::Mailboxes(self.one_or_more_mailbox()?)
+            }
+            "" => return Err(self.expected("a NOTIFY mailbox filter")),
+            other => return Err(format!("unknown NOTIFY mailbox filter {other}")),
+        };
+        self.sp()?;
+        let mut events = Vec::new();
+        if self.try_word("NONE") {
+            // No events for these mailboxes.
+        } else if self.peek().is_some_and(|b| b.is_ascii_alphabetic()) {
+            // RFC 5465's own examples write the events without their parentheses.
+            events.push(self.notify_event()?);
+            while self.eat(b' ') {
+                events.push(self.notify_event()?);
+            }
+        } else {
+            self.expect(b'(', "'(' starting NOTIFY events or NONE")?;
+            loop {
+                events.push(self.notify_event()?);
+                if self.eat(b')') {
+                    break;
+                }
+                self.sp()?;
+            }
+        }
+        self.expect(b')', "')' closing the NOTIFY event group")?;
+        Ok(NotifyGroup { filter, events })
+    }
+
+    fn one_or_more_mailbox(&mut self) -> R<Vec<String>> {
+        // Bounds the watch list a client can make us keep per session.
+        const MAILBOXES_MAX: usize = 1000;
+        if !self.eat(b'(') {
+            return Ok(vec![self.mailbox()?]);
+        }
+        let mut boxes = Vec::new();
+        loop {
+            if boxes.len() == MAILBOXES_MAX {
+                return Err(format!("NOTIFY accepts at most {MAILBOXES_MAX} mailboxes"));
+            }
+            boxes.push(self.mailbox()?);
+            if self.eat(b')') {
+                return Ok(boxes);
+            }
+            self.sp()?;
+        }
+    }
+
+    fn notify_event(&mut self) -> R<NotifyEvent> {
+        let name = self.name();
+        Ok(match name.as_str() {
+            "MESSAGENEW" => {
+                let save = self.pos;
+                let mut attrs = Vec::new();
+                if self.eat(b' ') && self.eat(b'(') {
+                    attrs = self.fetch_att_list_rest()?;
+                } else {
+                    self.pos = save;
+                }
+                NotifyEvent::MessageNew(attrs)
+            }
+            "MESSAGEEXPUNGE" => NotifyEvent::MessageExpunge,
+            "FLAGCHANGE" => NotifyEvent::FlagChange,
+            "ANNOTATIONCHANGE" => NotifyEvent::AnnotationChange,
+            "MAILBOXNAME" => NotifyEvent::MailboxName,
+            "SUBSCRIPTIONCHANGE" => NotifyEvent::SubscriptionChange,
+            "MAILBOXMETADATACHANGE" => NotifyEvent::MailboxMetadataChange,
+            "SERVERMETADATACHANGE" => NotifyEvent::ServerMetadataChange,
+            "" => return Err(self.expected("a NOTIFY event")),
+            _ => NotifyEvent::Other(name),
+        })
     }
 
     fn search_args(&mut self) -> R<SearchArgs> {
@@ -1459,6 +1753,15 @@ impl<'a> Parser<'a> {
             "UID" => {
                 self.sp()?;
                 SearchKey::Uid(self.seq_or_saved()?)
+            }
+            "EMAILID" | "THREADID" => {
+                self.sp()?;
+                let id = self.objectid()?;
+                if key == "EMAILID" {
+                    SearchKey::EmailId(id)
+                } else {
+                    SearchKey::ThreadId(id)
+                }
             }
             "NOT" => {
                 self.sp()?;

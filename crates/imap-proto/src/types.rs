@@ -115,6 +115,14 @@ pub enum FetchAttr {
     },
     /// RFC 7162 `MODSEQ`.
     ModSeq,
+    /// RFC 8970 `PREVIEW` / `PREVIEW (LAZY)`.
+    Preview {
+        lazy: bool,
+    },
+    /// RFC 8474 `EMAILID`.
+    EmailId,
+    /// RFC 8474 `THREADID`.
+    ThreadId,
 }
 
 /// FETCH's attribute list after macro expansion (ALL/FAST/FULL are expanded by the parser).
@@ -193,6 +201,10 @@ pub enum SearchKey {
     /// RFC 5032 WITHIN: `OLDER n` / `YOUNGER n` seconds.
     Older(u32),
     Younger(u32),
+    /// RFC 8474 `EMAILID objectid`.
+    EmailId(String),
+    /// RFC 8474 `THREADID objectid`.
+    ThreadId(String),
 }
 
 /// RFC 4731 / 9051 ESEARCH result options (`RETURN (MIN MAX COUNT ALL SAVE)`).
@@ -227,6 +239,8 @@ pub enum StatusItem {
     Size,
     /// RFC 9051.
     Deleted,
+    /// RFC 8474 OBJECTID.
+    MailboxId,
 }
 
 /// RFC 6154 special-use attributes.
@@ -239,6 +253,9 @@ pub enum SpecialUse {
     Junk,
     Sent,
     Trash,
+    /// Any other `\Word` in CREATE's USE list (e.g. RFC 8457 `\Important`): the
+    /// session answers `NO [USEATTR]` (RFC 6154 3).
+    Unsupported,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -315,6 +332,15 @@ pub enum CommandKind {
     Unauthenticate,
     GetQuota(String),
     GetQuotaRoot(String),
+    /// RFC 9208 `SETQUOTA root (resource limit ...)`.
+    SetQuota {
+        root: String,
+        limits: Vec<(String, u64)>,
+    },
+    /// RFC 4978 `COMPRESS mechanism` (the name upper-cased).
+    Compress(String),
+    /// RFC 5465 `NOTIFY SET ...`; `None` is `NOTIFY NONE`.
+    Notify(Option<NotifySet>),
     // Selected.
     Check,
     Close,
@@ -348,6 +374,89 @@ pub enum CommandKind {
         set: SeqOrSaved,
         mailbox: String,
     },
+    /// RFC 5256 `SORT (criteria) charset search-keys`.
+    Sort {
+        uid: bool,
+        criteria: Vec<SortCriterion>,
+        charset: String,
+        keys: Vec<SearchKey>,
+    },
+    /// RFC 5256 `THREAD algorithm charset search-keys`.
+    Thread {
+        uid: bool,
+        algorithm: ThreadAlgorithm,
+        charset: String,
+        keys: Vec<SearchKey>,
+    },
+}
+
+/// RFC 5256 sort keys, plus DISPLAYFROM / DISPLAYTO from RFC 5957.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SortKey {
+    Arrival,
+    Cc,
+    Date,
+    From,
+    Size,
+    Subject,
+    To,
+    DisplayFrom,
+    DisplayTo,
+}
+
+/// One `[REVERSE] key` of a SORT criteria list.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SortCriterion {
+    pub reverse: bool,
+    pub key: SortKey,
+}
+
+/// RFC 5256 threading algorithms.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ThreadAlgorithm {
+    OrderedSubject,
+    References,
+}
+
+/// RFC 5465 `NOTIFY SET [STATUS] event-groups`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NotifySet {
+    /// `STATUS`: send the STATUS of every watched mailbox right away.
+    pub status: bool,
+    pub groups: Vec<NotifyGroup>,
+}
+
+/// One `(filter events)` group; `events` empty means `NONE`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NotifyGroup {
+    pub filter: NotifyFilter,
+    pub events: Vec<NotifyEvent>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum NotifyFilter {
+    Selected,
+    SelectedDelayed,
+    Inboxes,
+    Personal,
+    Subscribed,
+    Subtree(Vec<String>),
+    Mailboxes(Vec<String>),
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum NotifyEvent {
+    /// With the FETCH attributes to send for each new message.
+    MessageNew(Vec<FetchAttr>),
+    MessageExpunge,
+    FlagChange,
+    AnnotationChange,
+    MailboxName,
+    SubscriptionChange,
+    MailboxMetadataChange,
+    ServerMetadataChange,
+    /// An event name this grammar does not know (answered with `NO [BADEVENT ...]`).
+    Other(String),
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]

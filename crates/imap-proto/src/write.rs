@@ -137,6 +137,22 @@ pub fn status_item_name(item: &StatusItem) -> &'static str {
         StatusItem::HighestModSeq => "HIGHESTMODSEQ",
         StatusItem::Size => "SIZE",
         StatusItem::Deleted => "DELETED",
+        StatusItem::MailboxId => "MAILBOXID",
+    }
+}
+
+/// The wire name of a SORT key (`ARRIVAL`, `DISPLAYFROM`, ...).
+pub fn sort_key_name(k: SortKey) -> &'static str {
+    match k {
+        SortKey::Arrival => "ARRIVAL",
+        SortKey::Cc => "CC",
+        SortKey::Date => "DATE",
+        SortKey::From => "FROM",
+        SortKey::Size => "SIZE",
+        SortKey::Subject => "SUBJECT",
+        SortKey::To => "TO",
+        SortKey::DisplayFrom => "DISPLAYFROM",
+        SortKey::DisplayTo => "DISPLAYTO",
     }
 }
 
@@ -150,6 +166,7 @@ pub fn special_use_name(u: SpecialUse) -> &'static str {
         SpecialUse::Junk => "\\Junk",
         SpecialUse::Sent => "\\Sent",
         SpecialUse::Trash => "\\Trash",
+        SpecialUse::Unsupported => "\\Unsupported",
     }
 }
 
@@ -327,6 +344,11 @@ impl W {
             FetchAttr::BodyStructure => self.raw("BODYSTRUCTURE"),
             FetchAttr::Uid => self.raw("UID"),
             FetchAttr::ModSeq => self.raw("MODSEQ"),
+            FetchAttr::EmailId => self.raw("EMAILID"),
+            FetchAttr::ThreadId => self.raw("THREADID"),
+            FetchAttr::Preview { lazy } => {
+                self.raw(if *lazy { "PREVIEW (LAZY)" } else { "PREVIEW" })
+            }
             FetchAttr::BodySection {
                 section,
                 partial,
@@ -415,6 +437,8 @@ impl W {
             SearchKey::Older(n) => self.raw(&format!("OLDER {n}")),
             SearchKey::Younger(n) => self.raw(&format!("YOUNGER {n}")),
             SearchKey::ModSeq(n) => self.raw(&format!("MODSEQ {n}")),
+            SearchKey::EmailId(id) => self.raw(&format!("EMAILID {id}")),
+            SearchKey::ThreadId(id) => self.raw(&format!("THREADID {id}")),
             SearchKey::Uid(set) => self.raw(&format!("UID {}", write_seq_or_saved(set))),
             SearchKey::Seq(set) => self.raw(&write_seq_or_saved(set)),
             SearchKey::Not(k) => {
@@ -602,6 +626,44 @@ impl W {
                 self.raw("GETQUOTAROOT ");
                 self.mailbox(m);
             }
+            CommandKind::SetQuota { root, limits } => {
+                self.raw("SETQUOTA ");
+                self.astr(root.as_bytes());
+                self.raw(" ");
+                self.list(limits, |w, (name, limit)| w.raw(&format!("{name} {limit}")));
+            }
+            CommandKind::Compress(mech) => self.raw(&format!("COMPRESS {mech}")),
+            CommandKind::Notify(None) => self.raw("NOTIFY NONE"),
+            CommandKind::Notify(Some(set)) => self.notify(set),
+            CommandKind::Sort {
+                uid,
+                criteria,
+                charset,
+                keys,
+            } => {
+                self.raw(if *uid { "UID SORT " } else { "SORT " });
+                self.list(criteria, |w, c| {
+                    if c.reverse {
+                        w.raw("REVERSE ");
+                    }
+                    w.raw(sort_key_name(c.key));
+                });
+                self.raw(" ");
+                self.charset_and_keys(charset, keys);
+            }
+            CommandKind::Thread {
+                uid,
+                algorithm,
+                charset,
+                keys,
+            } => {
+                self.raw(if *uid { "UID THREAD " } else { "THREAD " });
+                self.raw(match algorithm {
+                    ThreadAlgorithm::OrderedSubject => "ORDEREDSUBJECT ",
+                    ThreadAlgorithm::References => "REFERENCES ",
+                });
+                self.charset_and_keys(charset, keys);
+            }
             CommandKind::UidExpunge(set) => {
                 self.raw(&format!("UID EXPUNGE {}", write_seq_or_saved(set)));
             }
@@ -680,6 +742,62 @@ impl W {
                 self.raw(&format!("{prefix}{verb} {} ", write_seq_or_saved(set)));
                 self.mailbox(mailbox);
             }
+        }
+    }
+
+    fn charset_and_keys(&mut self, charset: &str, keys: &[SearchKey]) {
+        self.astr(charset.as_bytes());
+        for k in keys {
+            self.raw(" ");
+            self.search_key(k);
+        }
+    }
+
+    fn notify(&mut self, set: &NotifySet) {
+        self.raw("NOTIFY SET");
+        if set.status {
+            self.raw(" STATUS");
+        }
+        for g in &set.groups {
+            self.raw(" (");
+            match &g.filter {
+                NotifyFilter::Selected => self.raw("SELECTED"),
+                NotifyFilter::SelectedDelayed => self.raw("SELECTED-DELAYED"),
+                NotifyFilter::Inboxes => self.raw("INBOXES"),
+                NotifyFilter::Personal => self.raw("PERSONAL"),
+                NotifyFilter::Subscribed => self.raw("SUBSCRIBED"),
+                NotifyFilter::Subtree(m) | NotifyFilter::Mailboxes(m) => {
+                    self.raw(if matches!(g.filter, NotifyFilter::Subtree(_)) {
+                        "SUBTREE "
+                    } else {
+                        "MAILBOXES "
+                    });
+                    self.list(m, |w, name| w.mailbox(name));
+                }
+            }
+            self.raw(" ");
+            if g.events.is_empty() {
+                self.raw("NONE");
+            } else {
+                self.list(&g.events, |w, e| match e {
+                    NotifyEvent::MessageNew(attrs) => {
+                        w.raw("MessageNew");
+                        if !attrs.is_empty() {
+                            w.raw(" ");
+                            w.list(attrs, |w, a| w.fetch_attr(a));
+                        }
+                    }
+                    NotifyEvent::MessageExpunge => w.raw("MessageExpunge"),
+                    NotifyEvent::FlagChange => w.raw("FlagChange"),
+                    NotifyEvent::AnnotationChange => w.raw("AnnotationChange"),
+                    NotifyEvent::MailboxName => w.raw("MailboxName"),
+                    NotifyEvent::SubscriptionChange => w.raw("SubscriptionChange"),
+                    NotifyEvent::MailboxMetadataChange => w.raw("MailboxMetadataChange"),
+                    NotifyEvent::ServerMetadataChange => w.raw("ServerMetadataChange"),
+                    NotifyEvent::Other(name) => w.raw(name),
+                });
+            }
+            self.raw(")");
         }
     }
 

@@ -143,6 +143,8 @@ fn search_key() -> impl Strategy<Value = SearchKey> {
             modseq().prop_map(SearchKey::ModSeq),
             seq_or_saved().prop_map(SearchKey::Uid),
             seq_or_saved().prop_map(SearchKey::Seq),
+            "[A-Za-z0-9_-]{1,20}".prop_map(SearchKey::EmailId),
+            "[A-Za-z0-9_-]{1,20}".prop_map(SearchKey::ThreadId),
         ],
     ];
     leaf.prop_recursive(4, 24, 4, |inner| {
@@ -201,6 +203,9 @@ fn fetch_attr() -> impl Strategy<Value = FetchAttr> {
             Just(FetchAttr::BodyStructure),
             Just(FetchAttr::Uid),
             Just(FetchAttr::ModSeq),
+            Just(FetchAttr::EmailId),
+            Just(FetchAttr::ThreadId),
+            any::<bool>().prop_map(|lazy| FetchAttr::Preview { lazy }),
         ],
         (section(), partial(), any::<bool>()).prop_map(|(section, partial, peek)| {
             FetchAttr::BodySection {
@@ -228,6 +233,7 @@ fn status_item() -> impl Strategy<Value = StatusItem> {
         Just(StatusItem::HighestModSeq),
         Just(StatusItem::Size),
         Just(StatusItem::Deleted),
+        Just(StatusItem::MailboxId),
     ]
 }
 
@@ -327,6 +333,54 @@ fn fetch_args(uid: bool) -> impl Strategy<Value = FetchArgs> {
         })
 }
 
+fn sort_criterion() -> impl Strategy<Value = SortCriterion> {
+    (
+        any::<bool>(),
+        prop_oneof![
+            Just(SortKey::Arrival),
+            Just(SortKey::Cc),
+            Just(SortKey::Date),
+            Just(SortKey::From),
+            Just(SortKey::Size),
+            Just(SortKey::Subject),
+            Just(SortKey::To),
+            Just(SortKey::DisplayFrom),
+            Just(SortKey::DisplayTo),
+        ],
+    )
+        .prop_map(|(reverse, key)| SortCriterion { reverse, key })
+}
+
+fn notify_set() -> impl Strategy<Value = NotifySet> {
+    let filter = prop_oneof![
+        Just(NotifyFilter::Selected),
+        Just(NotifyFilter::SelectedDelayed),
+        Just(NotifyFilter::Inboxes),
+        Just(NotifyFilter::Personal),
+        Just(NotifyFilter::Subscribed),
+        vec(mailbox(), 1..3).prop_map(NotifyFilter::Subtree),
+        vec(mailbox(), 1..3).prop_map(NotifyFilter::Mailboxes),
+    ];
+    let event = prop_oneof![
+        vec(fetch_attr(), 0..3).prop_map(NotifyEvent::MessageNew),
+        Just(NotifyEvent::MessageExpunge),
+        Just(NotifyEvent::FlagChange),
+        Just(NotifyEvent::AnnotationChange),
+        Just(NotifyEvent::MailboxName),
+        Just(NotifyEvent::SubscriptionChange),
+        Just(NotifyEvent::MailboxMetadataChange),
+        Just(NotifyEvent::ServerMetadataChange),
+        "X-[A-Z]{1,6}".prop_map(NotifyEvent::Other),
+    ];
+    (any::<bool>(), vec((filter, vec(event, 0..3)), 1..3)).prop_map(|(status, groups)| NotifySet {
+        status,
+        groups: groups
+            .into_iter()
+            .map(|(filter, events)| NotifyGroup { filter, events })
+            .collect(),
+    })
+}
+
 fn command_kind() -> impl Strategy<Value = CommandKind> {
     let simple = prop_oneof![
         Just(CommandKind::Capability),
@@ -395,6 +449,13 @@ fn command_kind() -> impl Strategy<Value = CommandKind> {
             .prop_map(|(mailbox, messages)| CommandKind::Append { mailbox, messages }),
         any_text(8).prop_map(CommandKind::GetQuota),
         mailbox().prop_map(CommandKind::GetQuotaRoot),
+        (
+            any_text(8),
+            vec(("[A-Z][A-Z0-9-]{0,8}", 0u64..=MODSEQ_MAX), 0..3)
+        )
+            .prop_map(|(root, limits)| CommandKind::SetQuota { root, limits }),
+        "[A-Z][A-Z0-9]{0,7}".prop_map(CommandKind::Compress),
+        option::of(notify_set()).prop_map(CommandKind::Notify),
     ];
     let selected = prop_oneof![
         seq_or_saved().prop_map(CommandKind::UidExpunge),
@@ -428,6 +489,33 @@ fn command_kind() -> impl Strategy<Value = CommandKind> {
             .prop_map(|(uid, set, mailbox)| CommandKind::Copy { uid, set, mailbox }),
         (any::<bool>(), seq_or_saved(), mailbox())
             .prop_map(|(uid, set, mailbox)| CommandKind::Move { uid, set, mailbox }),
+        (
+            any::<bool>(),
+            vec(sort_criterion(), 1..4),
+            "[A-Z0-9-]{1,10}",
+            vec(search_key(), 1..3)
+        )
+            .prop_map(|(uid, criteria, charset, keys)| CommandKind::Sort {
+                uid,
+                criteria,
+                charset,
+                keys
+            }),
+        (
+            any::<bool>(),
+            prop_oneof![
+                Just(ThreadAlgorithm::OrderedSubject),
+                Just(ThreadAlgorithm::References)
+            ],
+            "[A-Z0-9-]{1,10}",
+            vec(search_key(), 1..3)
+        )
+            .prop_map(|(uid, algorithm, charset, keys)| CommandKind::Thread {
+                uid,
+                algorithm,
+                charset,
+                keys
+            }),
     ];
     prop_oneof![1 => simple, 2 => auth, 4 => mailboxes, 4 => selected]
 }

@@ -648,10 +648,13 @@ fn rfc5258_list_extended_5819_list_status_6154_special_use() {
             special_use: vec![SpecialUse::All, SpecialUse::Archive]
         }
     );
-    assert!(
-        err("t1 CREATE x (USE (\\Bogus))\r\n")
-            .message
-            .contains("special-use")
+    // An attribute we do not support parses, so the session can answer NO [USEATTR].
+    assert_eq!(
+        parse("t1 CREATE x (USE (\\Bogus))\r\n"),
+        CommandKind::Create {
+            mailbox: "x".into(),
+            special_use: vec![SpecialUse::Unsupported]
+        }
     );
 }
 
@@ -778,4 +781,140 @@ fn errors_carry_tag_when_readable() {
     assert!(e.message.contains("terminated"));
     let e = err("a1 UID FROB 1\r\n");
     assert!(e.message.contains("FROB"));
+}
+
+#[test]
+fn rfc5256_sort_and_thread_rfc5957_display() {
+    let c = |reverse, key| SortCriterion { reverse, key };
+    // RFC 5256 section 3 examples.
+    assert_eq!(
+        parse("A282 SORT (SUBJECT) UTF-8 SINCE 1-Feb-1994\r\n"),
+        CommandKind::Sort {
+            uid: false,
+            criteria: vec![c(false, SortKey::Subject)],
+            charset: "UTF-8".into(),
+            keys: vec![SearchKey::Since(date(1, 2, 1994))],
+        }
+    );
+    assert_eq!(
+        parse("A283 SORT (SUBJECT REVERSE DATE) UTF-8 ALL\r\n"),
+        CommandKind::Sort {
+            uid: false,
+            criteria: vec![c(false, SortKey::Subject), c(true, SortKey::Date)],
+            charset: "UTF-8".into(),
+            keys: vec![SearchKey::All],
+        }
+    );
+    assert_eq!(
+        parse("A284 SORT (SUBJECT) US-ASCII TEXT \"not in mailbox\"\r\n"),
+        CommandKind::Sort {
+            uid: false,
+            criteria: vec![c(false, SortKey::Subject)],
+            charset: "US-ASCII".into(),
+            keys: vec![SearchKey::Text(b"not in mailbox".to_vec())],
+        }
+    );
+    assert_eq!(
+        parse("A285 UID SORT (DISPLAYFROM) UTF-8 ALL\r\n"),
+        CommandKind::Sort {
+            uid: true,
+            criteria: vec![c(false, SortKey::DisplayFrom)],
+            charset: "UTF-8".into(),
+            keys: vec![SearchKey::All],
+        }
+    );
+    assert_eq!(
+        parse("A283 THREAD ORDEREDSUBJECT UTF-8 SINCE 5-MAR-2000\r\n"),
+        CommandKind::Thread {
+            uid: false,
+            algorithm: ThreadAlgorithm::OrderedSubject,
+            charset: "UTF-8".into(),
+            keys: vec![SearchKey::Since(date(5, 3, 2000))],
+        }
+    );
+    assert_eq!(
+        parse("A284 UID THREAD REFERENCES US-ASCII TEXT \"gewp\"\r\n"),
+        CommandKind::Thread {
+            uid: true,
+            algorithm: ThreadAlgorithm::References,
+            charset: "US-ASCII".into(),
+            keys: vec![SearchKey::Text(b"gewp".to_vec())],
+        }
+    );
+    assert!(err("a SORT () UTF-8 ALL\r\n").message.contains("sort key"));
+    assert!(err("a THREAD XYZ UTF-8 ALL\r\n").message.contains("XYZ"));
+}
+
+#[test]
+fn rfc5465_notify_rfc4978_compress_rfc8970_preview_rfc8474_objectid() {
+    // RFC 5465 section 3.1 example.
+    let kind = parse(
+        "b notify set status (selected MessageNew (uid body.peek[header.fields (from to subject)]) MessageExpunge) (subtree Lists MessageNew)\r\n",
+    );
+    let CommandKind::Notify(Some(set)) = kind else {
+        panic!("{kind:?}")
+    };
+    assert!(set.status);
+    assert_eq!(set.groups.len(), 2);
+    assert_eq!(set.groups[0].filter, NotifyFilter::Selected);
+    assert!(matches!(&set.groups[0].events[0], NotifyEvent::MessageNew(a) if a.len() == 2));
+    assert_eq!(set.groups[0].events[1], NotifyEvent::MessageExpunge);
+    assert_eq!(
+        set.groups[1],
+        NotifyGroup {
+            filter: NotifyFilter::Subtree(vec!["Lists".into()]),
+            events: vec![NotifyEvent::MessageNew(vec![])],
+        }
+    );
+    assert_eq!(parse("a NOTIFY NONE\r\n"), CommandKind::Notify(None));
+    let CommandKind::Notify(Some(set)) =
+        parse("a notify set (mailboxes (INBOX misc) NONE) (personal (Foo))\r\n")
+    else {
+        panic!()
+    };
+    assert!(set.groups[0].events.is_empty());
+    assert_eq!(set.groups[1].events, vec![NotifyEvent::Other("FOO".into())]);
+    assert_eq!(
+        parse("a COMPRESS DEFLATE\r\n"),
+        CommandKind::Compress("DEFLATE".into())
+    );
+    let CommandKind::Fetch { args, .. } =
+        parse("a UID FETCH 1:* (PREVIEW (LAZY) EMAILID THREADID) (CHANGEDSINCE 5)\r\n")
+    else {
+        panic!()
+    };
+    assert_eq!(
+        args.attrs,
+        vec![
+            FetchAttr::Preview { lazy: true },
+            FetchAttr::EmailId,
+            FetchAttr::ThreadId
+        ]
+    );
+    assert_eq!(args.changed_since, Some(5));
+    let CommandKind::Fetch { args, .. } = parse("a FETCH 1 PREVIEW\r\n") else {
+        panic!()
+    };
+    assert_eq!(args.attrs, vec![FetchAttr::Preview { lazy: false }]);
+    assert_eq!(
+        parse("a STATUS foo (MAILBOXID)\r\n"),
+        CommandKind::Status {
+            mailbox: "foo".into(),
+            items: vec![StatusItem::MailboxId]
+        }
+    );
+    let CommandKind::Search { args, .. } = parse("a SEARCH EMAILID M6d99ac3275bb4e\r\n") else {
+        panic!()
+    };
+    assert_eq!(
+        args.keys,
+        vec![SearchKey::EmailId("M6d99ac3275bb4e".into())]
+    );
+    assert_eq!(
+        parse("a SETQUOTA \"\" (STORAGE 512)\r\n"),
+        CommandKind::SetQuota {
+            root: String::new(),
+            limits: vec![("STORAGE".into(), 512)]
+        }
+    );
 }

@@ -1,10 +1,17 @@
-//! APPEND (RFC 3501 6.3.11) with MULTIAPPEND (RFC 3502) and UIDPLUS APPENDUID.
+//! APPEND (RFC 3501 6.3.11) with MULTIAPPEND (RFC 3502), BINARY literals (RFC 3516),
+//! UTF8=ACCEPT's `UTF8 (...)` form (RFC 6855) and UIDPLUS APPENDUID.
 //!
-//! Each message is written as a blob (fsynced on a blocking thread) and then recorded by
-//! the slot writer; OK is sent only after the last record is durable. MULTIAPPEND is not
-//! atomic: if message k fails, messages before it stay appended (the NO says so).
+//! Every message is written as a blob first (fsynced on a blocking thread), then all of
+//! them are recorded by one store request (`Op::AppendMany`), so a MULTIAPPEND is all
+//! or nothing as RFC 3502 requires: a failure (no such mailbox, over quota, a write
+//! error) leaves none of the messages in the mailbox. OK is sent only once the records
+//! are durable. Blobs written for a failed APPEND are orphans that audit collects.
+//!
+//! Binary content: a message whose bytes include NUL (only possible through a `~{n}`
+//! literal) has those parts re-encoded as base64 before it is stored (see
+//! `mime::encode_binary_parts`); one that cannot be represented gets `NO [UNKNOWN-CTE]`.
 
-use store::{InternalDate, Op, OpResult, SystemFlags};
+use store::{InternalDate, NewMessage, Op, OpResult, SystemFlags};
 
 use crate::resp::{Reply, store_error, to_store_flags, uid_set};
 use crate::session::Session;
@@ -29,17 +36,14 @@ impl Session {
                 ));
             }
         }
-        let view = slot.view();
-        match view.mailbox_by_name(&user, mailbox) {
+        match slot.view().mailbox_by_name(&user, mailbox) {
             Ok(Some(_)) => {}
             Ok(None) => return Reply::no("[TRYCREATE] No such mailbox; create it first"),
             Err(e) => return store_error(&e),
         }
         let now = slot.clock().now_unix_secs();
-        let mut uids = Vec::with_capacity(messages.len());
-        let mut uidvalidity = 0;
-        let total = messages.len();
-        for (k, m) in messages.into_iter().enumerate() {
+        let mut staged = Vec::with_capacity(messages.len());
+        for m in messages {
             let mut flags = match to_store_flags(&m.flags) {
                 Ok(f) => f,
                 Err(why) => return Reply::bad(format!("APPEND flags: {why}")),
@@ -52,58 +56,50 @@ impl Session {
                     zone_minutes: 0,
                 },
             };
-            let s = slot.clone();
-            let data = m.data;
-            let staged = match tokio::task::spawn_blocking(move || s.put_blob(&data)).await {
-                Ok(Ok(b)) => b,
-                Ok(Err(e)) => return partial_failure(store_error(&e), k, total),
-                Err(_) => {
+            let data = match crate::mime::encode_binary_parts(&m.data) {
+                Ok(None) => m.data,
+                Ok(Some(encoded)) => encoded,
+                Err(crate::mime::UnencodableBinary) => {
                     return Reply::no(
-                        "[SERVERBUG] Blob write task failed; the message was not saved",
+                        "[UNKNOWN-CTE] The message has binary data outside any body part; nothing was appended",
                     );
                 }
             };
-            let op = Op::Append {
-                user: user.clone(),
-                mailbox: mailbox.to_string(),
-                blob: staged,
+            let s = slot.clone();
+            let blob = match tokio::task::spawn_blocking(move || s.put_blob(&data)).await {
+                Ok(Ok(b)) => b,
+                Ok(Err(e)) => return store_error(&e),
+                Err(_) => {
+                    return Reply::no("[SERVERBUG] Blob write task failed; nothing was appended");
+                }
+            };
+            staged.push(NewMessage {
+                blob,
                 flags,
                 internaldate,
-            };
-            match slot.execute_async(op).await {
-                Ok(OpResult::Appended {
-                    uidvalidity: v,
-                    uid,
-                    ..
-                }) => {
-                    uidvalidity = v.0;
-                    uids.push(uid.0);
-                }
-                Ok(_) => return Reply::no("[SERVERBUG] Unexpected store reply to APPEND"),
-                Err(store::StoreError::NoSuchMailbox) => {
-                    return partial_failure(
-                        Reply::no("[TRYCREATE] No such mailbox; create it first"),
-                        k,
-                        total,
-                    );
-                }
-                Err(e) => return partial_failure(store_error(&e), k, total),
-            }
+            });
         }
-        Reply::ok(format!(
-            "[APPENDUID {uidvalidity} {}] APPEND completed",
-            uid_set(&uids)
-        ))
+        let op = Op::AppendMany {
+            user,
+            mailbox: mailbox.to_string(),
+            messages: staged,
+        };
+        match slot.execute_async(op).await {
+            Ok(OpResult::AppendedMany {
+                uidvalidity, uids, ..
+            }) => {
+                let uids: Vec<u32> = uids.iter().map(|u| u.0).collect();
+                Reply::ok(format!(
+                    "[APPENDUID {} {}] APPEND completed",
+                    uidvalidity.0,
+                    uid_set(&uids)
+                ))
+            }
+            Ok(_) => Reply::no("[SERVERBUG] Unexpected store reply to APPEND"),
+            Err(store::StoreError::NoSuchMailbox) => {
+                Reply::no("[TRYCREATE] No such mailbox; create it first")
+            }
+            Err(e) => store_error(&e),
+        }
     }
-}
-
-/// A NO for message `k` of a MULTIAPPEND, saying what was kept.
-fn partial_failure(mut r: Reply, k: usize, total: usize) -> Reply {
-    if total > 1 && k > 0 {
-        r.text = format!(
-            "{} (the first {k} of {total} messages were appended)",
-            r.text
-        );
-    }
-    r
 }

@@ -1,8 +1,11 @@
-//! LOGIN, AUTHENTICATE PLAIN (with SASL-IR and the continuation form), ENABLE.
+//! LOGIN, AUTHENTICATE PLAIN (with SASL-IR and the continuation form), ENABLE,
+//! UNAUTHENTICATE (RFC 8437), and the per-user connection limit.
 //!
 //! Passwords are checked by `AuthLimiter` (argon2 + failure throttling) on a blocking
-//! thread. Without TLS, and unless `allow_plaintext_auth`, no password is accepted
-//! (LOGINDISABLED, RFC 3501 6.2.3).
+//! thread. Without TLS no password is accepted (LOGINDISABLED, RFC 3501 6.2.3; the
+//! attempt gets `NO [PRIVACYREQUIRED]`, RFC 5530) unless the TLS login policy
+//! (`store::LoginGate`, or `allow_plaintext_auth` without one) allows it; a plaintext
+//! login that succeeds is reported to the policy.
 
 use base64::Engine as _;
 use store::Op;
@@ -12,10 +15,50 @@ use crate::resp::Reply;
 use crate::session::Session;
 use crate::session::{ReadOutcome, SessionError, UserCtx};
 
+/// Longest `ID` description kept for the TLS policy's records; longer is cut.
+pub(crate) const CLIENT_ID_BYTES_MAX: usize = 200;
+
+/// `name=Thunderbird version=115.0`: the RFC 2971 fields that identify a client.
+pub(crate) fn describe_client(fields: Option<&[(String, Option<String>)]>) -> String {
+    let mut out = String::new();
+    for (k, v) in fields.unwrap_or_default() {
+        let Some(v) = v else { continue };
+        if ["name", "version", "os", "vendor"].contains(&k.to_ascii_lowercase().as_str()) {
+            if !out.is_empty() {
+                out.push(' ');
+            }
+            out.push_str(&format!("{}={}", k.to_ascii_lowercase(), v));
+        }
+    }
+    out.retain(|c| !c.is_control());
+    if out.len() > CLIENT_ID_BYTES_MAX {
+        let mut cut = CLIENT_ID_BYTES_MAX;
+        while !out.is_char_boundary(cut) {
+            cut -= 1;
+        }
+        out.truncate(cut);
+    }
+    out
+}
+
 impl Session {
+    /// Why a password may not be sent without TLS now (`None`: it may). Without a
+    /// policy installed, `allow_plaintext_auth` decides.
+    pub(crate) fn plaintext_refusal(&self) -> Option<String> {
+        let gate = self.server.gate.get().map(|g| &**g);
+        store::gate::plaintext_refusal(gate, "imap", self.server.config.allow_plaintext_auth)
+    }
+
+    fn privacy_required(&self) -> Reply {
+        let hint = store::gate::hint_suffix(self.plaintext_refusal());
+        Reply::no(format!(
+            "[PRIVACYREQUIRED] Use STARTTLS (or port 993) before logging in{hint}"
+        ))
+    }
+
     pub(crate) async fn cmd_login(&mut self, user: &[u8], pass: &[u8]) -> Reply {
         if !self.login_allowed() {
-            return Reply::no("[PRIVACYREQUIRED] Use STARTTLS (or port 993) before logging in");
+            return self.privacy_required();
         }
         let Ok(user) = std::str::from_utf8(user) else {
             return Reply::no("[AUTHENTICATIONFAILED] Invalid credentials");
@@ -34,9 +77,7 @@ impl Session {
             )));
         }
         if !self.login_allowed() {
-            return Ok(Reply::no(
-                "[PRIVACYREQUIRED] Use STARTTLS (or port 993) before logging in",
-            ));
+            return Ok(self.privacy_required());
         }
         let response = match initial {
             Some(r) => r,
@@ -133,6 +174,12 @@ impl Session {
             );
         };
         let name = account.address.clone();
+        let max = self.server.config.connections_per_user_max;
+        let Some(counted) = self.server.conns.admit_user(&name, max) else {
+            return Reply::no(format!(
+                "[LIMIT] Too many connections for this account (limit {max}); close another mail client and retry"
+            ));
+        };
         if let Err(e) = slot
             .execute_async(Op::EnsureUser { user: name.clone() })
             .await
@@ -140,6 +187,12 @@ impl Session {
             return crate::resp::store_error(&e);
         }
         let notices = slot.subscribe();
+        self.ext.user_conn = Some(counted);
+        if !self.tls
+            && let Some(g) = self.server.gate.get()
+        {
+            g.insecure_login("imap", &name, self.peer.ip(), &self.ext.client_id);
+        }
         self.user = Some(UserCtx {
             name,
             slot,
@@ -148,11 +201,43 @@ impl Session {
         Reply::ok(format!("[CAPABILITY {}] Logged in", self.capabilities()))
     }
 
-    /// ENABLE (RFC 5161): nothing we advertise is enableable yet, so the answer is an
-    /// empty ENABLED list (which RFC 5161 allows for unknown capabilities).
-    pub(crate) fn cmd_enable(&mut self, _caps: &[String]) -> Reply {
-        self.untagged("ENABLED");
+    /// ENABLE (RFC 5161): lists what was enabled by this command; unknown names are
+    /// ignored, as RFC 5161 says. UTF8=ACCEPT (RFC 6855) switches mailbox names to
+    /// UTF-8 both ways.
+    pub(crate) fn cmd_enable(&mut self, caps: &[String]) -> Reply {
+        let mut enabled = Vec::new();
+        for cap in caps {
+            match cap.as_str() {
+                "UTF8=ACCEPT" if !self.parse_opts.utf8_mailboxes => {
+                    self.parse_opts.utf8_mailboxes = true;
+                    enabled.push("UTF8=ACCEPT");
+                }
+                other => enabled.extend(self.enable_engine(other)),
+            }
+        }
+        let mut line = String::from("ENABLED");
+        for e in enabled {
+            line.push(' ');
+            line.push_str(e);
+        }
+        self.untagged(&line);
         Reply::ok("ENABLE completed")
+    }
+
+    /// UNAUTHENTICATE (RFC 8437): back to the not-authenticated state with all the
+    /// session's state dropped, as on a fresh connection; TLS and COMPRESS stay on.
+    pub(crate) fn cmd_unauthenticate(&mut self) -> Reply {
+        self.selected = None;
+        self.user = None;
+        self.parse_opts = imap_proto::ParseOptions::default();
+        self.enabled = Default::default();
+        let compressed = self.ext.compressed;
+        self.ext = crate::ext::ExtState {
+            compressed,
+            rate: std::mem::take(&mut self.ext.rate),
+            ..crate::ext::ExtState::default()
+        };
+        Reply::ok("UNAUTHENTICATE completed; you may log in again")
     }
 }
 

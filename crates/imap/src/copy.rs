@@ -36,19 +36,12 @@ impl Session {
             Ok(i) => i,
             Err(why) => return Reply::bad(why),
         };
-        let damaged: Vec<u32> = idx
-            .iter()
-            .filter(|&&i| sel.msgs[i].entry.is_err())
-            .map(|&i| sel.msgs[i].uid.0)
-            .collect();
-        if !damaged.is_empty() {
-            // Copying a record we cannot verify would spread the damage (invariant 3).
-            return crate::resp::damaged(&damaged);
-        }
+        // Messages already known to be expunged are skipped; the store refuses to copy a
+        // record it cannot verify (that would spread the damage, invariant 3).
         let uids: Vec<Uid> = idx
             .iter()
-            .filter(|&&i| !sel.msgs[i].expunged)
-            .map(|&i| sel.msgs[i].uid)
+            .map(|&i| sel.uid_at(i))
+            .filter(|u| !sel.is_expunged(*u))
             .collect();
         match slot.view().mailbox_by_name(&user, dest) {
             Ok(Some(_)) => {}

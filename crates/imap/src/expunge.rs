@@ -26,11 +26,7 @@ impl Session {
             None => None,
             Some(SeqOrSaved::Saved) => return Reply::bad("No saved search result ($)"),
             Some(SeqOrSaved::Set(s)) => match sel.resolve(s, true) {
-                Ok(idx) => Some(
-                    idx.into_iter()
-                        .map(|i| sel.msgs[i].uid)
-                        .collect::<Vec<Uid>>(),
-                ),
+                Ok(idx) => Some(idx.into_iter().map(|i| sel.uid_at(i)).collect::<Vec<Uid>>()),
                 Err(why) => return Reply::bad(why),
             },
         };

@@ -6,11 +6,9 @@
 //! "something changed": the view is resynced from the store, never from the notices.
 //! The idle timeout still applies: RFC 2177 clients re-issue IDLE every 29 minutes.
 
-use tokio::io::AsyncReadExt;
 use tokio::sync::broadcast::error::{RecvError, TryRecvError};
 
-use store::ChangeNotice;
-
+use crate::notify::Wake;
 use crate::resp::Reply;
 use crate::session::{Session, SessionError};
 
@@ -42,23 +40,24 @@ impl Session {
                 Some(Err(_)) => return Ok(Reply::bad("Expected DONE to end IDLE (line too long)")),
                 None => {}
             }
-            let Some(user) = self.user.as_mut() else {
+            let Some(wake) = self.wait_wake(deadline).await else {
                 return Ok(Reply::bad("Log in first"));
-            };
-            let mut buf = [0u8; 512];
-            let wake = {
-                let notices = &mut user.notices;
-                let stream = &mut self.stream;
-                tokio::select! {
-                    r = stream.read(&mut buf) => Wake::Read(r),
-                    n = notices.recv() => Wake::Notice(n),
-                    _ = tokio::time::sleep_until(deadline) => Wake::Timeout,
-                }
             };
             match wake {
                 Wake::Read(Ok(0)) => return Err(gone("client went away during IDLE")),
-                Wake::Read(Ok(n)) => self.framer.push(&buf[..n]),
+                Wake::Read(Ok(_)) => {}
                 Wake::Read(Err(e)) => return Err(e.into()),
+                // RFC 5465 4: under NOTIFY, IDLE sends exactly the NOTIFY events.
+                Wake::Notice(n)
+                    if self.ext.notify.is_some() && !matches!(n, Err(RecvError::Closed)) =>
+                {
+                    if !self.on_notice(n.ok()).await {
+                        self.untagged("BYE The selected mailbox was deleted; please reconnect");
+                        self.flush().await?;
+                        return Err(gone("mailbox deleted"));
+                    }
+                    self.flush().await?;
+                }
                 Wake::Notice(n) => {
                     let relevant = match n {
                         Ok(n) => self.selected.as_ref().is_some_and(|s| s.id == n.mailbox),
@@ -88,12 +87,6 @@ impl Session {
             }
         }
     }
-}
-
-enum Wake {
-    Read(std::io::Result<usize>),
-    Notice(Result<ChangeNotice, RecvError>),
-    Timeout,
 }
 
 fn gone(why: &str) -> SessionError {

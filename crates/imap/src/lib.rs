@@ -2,13 +2,19 @@
 //! [`CAPABILITIES_BASE`]).
 //!
 //! Code map (mini-redis style): `session.rs` owns the connection, the state machine and
-//! response writing; `selected.rs` is the selected mailbox's view (sequence numbers,
-//! cached records, the rules for when EXISTS/EXPUNGE/FETCH may be sent); one file per
+//! response writing; `selected.rs` is the selected mailbox's view (the sequence
+//! number → UID map, catching up with the store's change log, SELECT/EXAMINE with
+//! CONDSTORE/QRESYNC, the rules for when EXISTS/EXPUNGE/VANISHED/FETCH may be sent;
+//! flags and other message data are never cached, always read); one file per
 //! command group (`auth`, `mailbox`, `append`, `fetch`, `store`, `search`, `copy`,
 //! `expunge`, `idle`). The grammar lives in `imap-proto`; message rendering in `mime`.
 //!
 //! Architecture invariant: a session never writes to the store except through
 //! `Slot::execute_async`, and acknowledges a write only after it returns (durable).
+//!
+//! Protocol levels: IMAP4rev1 by default; `ENABLE IMAP4rev2`, `ENABLE CONDSTORE`,
+//! `ENABLE QRESYNC` switch a session's responses (`session::Enabled`); the details and
+//! the limits are in `docs/imap.md`.
 //!
 //! `\Recent` is tracked in memory by the server (see [`RecentTracker`]): a message is
 //! `\Recent` in the first session of this process that sees it in a selected mailbox.
@@ -19,17 +25,28 @@ pub mod mime;
 
 mod append;
 mod auth;
+mod compress;
 mod copy;
+mod esearch;
 mod expunge;
+mod ext;
 mod fetch;
 mod idle;
+mod limits;
 mod mailbox;
+mod message;
+mod notify;
+mod objectid;
+mod quota;
 mod resp;
+mod scan_cache;
 mod search;
 mod selected;
 mod session;
+mod sort;
 #[path = "store.rs"]
 mod store_cmd;
+mod thread;
 mod time;
 
 use std::collections::HashMap;
@@ -41,7 +58,7 @@ use store::directory::{AuthLimiter, Directory};
 use store::{MailboxId, Slot};
 
 /// Extensions advertised in every state (the state-dependent ones are added by the session).
-pub const CAPABILITIES_BASE: &str = "IMAP4rev1 LITERAL+ SASL-IR ID ENABLE IDLE NAMESPACE UIDPLUS MOVE UNSELECT SPECIAL-USE CHILDREN";
+pub const CAPABILITIES_BASE: &str = "IMAP4rev1 IMAP4rev2 CONDSTORE QRESYNC LITERAL+ SASL-IR ID ENABLE IDLE NAMESPACE UIDPLUS MOVE UNSELECT SPECIAL-USE CHILDREN";
 
 /// Server settings. `Default` gives the production values.
 #[derive(Debug, Clone)]
@@ -58,6 +75,16 @@ pub struct ImapConfig {
     pub unauth_timeout: Duration,
     /// Largest message APPEND accepts; larger gets `NO [TOOBIG]`.
     pub append_bytes_max: u64,
+    /// Commands per second per connection (bursts of 5 s worth allowed); over it a
+    /// command gets `NO [LIMIT]`. 0 = no limit.
+    pub commands_per_second: u32,
+    /// Open connections per client IP address; over it `* BYE [UNAVAILABLE]`. 0 = no limit.
+    pub connections_per_ip_max: u32,
+    /// Logged-in sessions per user; over it LOGIN gets `NO [LIMIT]`. 0 = no limit.
+    pub connections_per_user_max: u32,
+    /// SELECT keeps what it learnt about mailboxes of at least this many messages, so
+    /// the next SELECT catches up instead of reading every record (`scan_cache.rs`).
+    pub select_cache_min_messages: u32,
 }
 
 impl Default for ImapConfig {
@@ -69,6 +96,10 @@ impl Default for ImapConfig {
             idle_timeout: Duration::from_secs(30 * 60),
             unauth_timeout: Duration::from_secs(60),
             append_bytes_max: 64 * 1024 * 1024,
+            commands_per_second: 200,
+            connections_per_ip_max: 200,
+            connections_per_user_max: 50,
+            select_cache_min_messages: 2000,
         }
     }
 }
@@ -81,9 +112,18 @@ pub struct ImapServer {
     pub(crate) slots: HashMap<String, Slot>,
     pub(crate) tls: Option<tokio_rustls::TlsAcceptor>,
     pub(crate) recent: RecentTracker,
+    pub(crate) conns: Arc<limits::ConnTable>,
+    pub(crate) scan_cache: scan_cache::ScanCache,
+    /// TLS login policy (see `store::LoginGate`); unset: `allow_plaintext_auth` decides.
+    pub(crate) gate: std::sync::OnceLock<Arc<dyn store::LoginGate>>,
 }
 
 impl ImapServer {
+    /// Installs the TLS login policy; only the first call counts (set it at start-up).
+    pub fn set_login_gate(&self, gate: Arc<dyn store::LoginGate>) {
+        let _ = self.gate.set(gate);
+    }
+
     pub fn new(
         config: ImapConfig,
         directory: Arc<Directory>,
@@ -98,6 +138,9 @@ impl ImapServer {
             slots,
             tls,
             recent: RecentTracker::default(),
+            conns: Arc::new(limits::ConnTable::default()),
+            scan_cache: scan_cache::ScanCache::default(),
+            gate: std::sync::OnceLock::new(),
         })
     }
 
@@ -112,6 +155,11 @@ impl ImapServer {
         implicit_tls: bool,
     ) {
         let _ = stream.set_nodelay(true);
+        let max = self.config.connections_per_ip_max;
+        let Some(_counted) = self.conns.admit_ip(peer.ip(), max) else {
+            limits::refuse_connection(stream, max, implicit_tls).await;
+            return;
+        };
         session::run(self, stream, peer, implicit_tls).await;
     }
 }

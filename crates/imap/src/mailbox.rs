@@ -1,23 +1,27 @@
-//! Mailbox commands: SELECT/EXAMINE, CREATE, DELETE, RENAME, SUBSCRIBE/UNSUBSCRIBE,
-//! LIST (wildcards, implied `\Noselect` parents, CHILDREN, SPECIAL-USE, the RFC 5258
-//! selection/return options the parser accepts), LSUB, STATUS.
+//! Mailbox commands: SELECT/EXAMINE, CREATE (with CREATE-SPECIAL-USE), DELETE,
+//! RENAME, SUBSCRIBE/UNSUBSCRIBE, LIST (wildcards, implied `\Noselect` parents,
+//! CHILDREN, SPECIAL-USE, LIST-EXTENDED selection and return options with
+//! RECURSIVEMATCH / CHILDINFO, LIST-STATUS), LSUB, STATUS (with STATUS=SIZE, DELETED
+//! and OBJECTID's MAILBOXID).
+//!
+//! Mailbox names go out in UTF-8 once the client enabled UTF8=ACCEPT (or IMAP4rev2),
+//! else in modified UTF-7 (`Session::mailbox_name_out`).
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
 
-use imap_proto::write::encode_mailbox;
 use imap_proto::{ListArgs, StatusItem};
-use store::{MailboxHeader, Op, SEPARATOR, SlotView, SpecialUse, SystemFlags};
+use store::{MailboxHeader, Op, OpResult, SEPARATOR, SlotView, SpecialUse, SystemFlags};
 
 use crate::resp::{Reply, store_error};
-use crate::selected::{Lines, Selected};
+use crate::selected::Lines;
 use crate::session::Session;
 
 /// Longest LIST pattern accepted: matching costs pattern x name per mailbox.
 const PATTERN_CHARS_MAX: usize = 1024;
 
-fn to_store_special(u: &imap_proto::SpecialUse) -> SpecialUse {
-    match u {
+fn to_store_special(u: &imap_proto::SpecialUse) -> Option<SpecialUse> {
+    Some(match u {
         imap_proto::SpecialUse::All => SpecialUse::All,
         imap_proto::SpecialUse::Archive => SpecialUse::Archive,
         imap_proto::SpecialUse::Drafts => SpecialUse::Drafts,
@@ -25,7 +29,8 @@ fn to_store_special(u: &imap_proto::SpecialUse) -> SpecialUse {
         imap_proto::SpecialUse::Junk => SpecialUse::Junk,
         imap_proto::SpecialUse::Sent => SpecialUse::Sent,
         imap_proto::SpecialUse::Trash => SpecialUse::Trash,
-    }
+        imap_proto::SpecialUse::Unsupported => return None,
+    })
 }
 
 /// LIST wildcard match: `*` matches anything, `%` anything but the separator.
@@ -66,23 +71,64 @@ pub(crate) fn list_match(pattern: &[char], name: &[char]) -> bool {
 struct Node {
     exists: bool,
     special: u8,
+    /// Some existing mailbox is below this name.
     has_children: bool,
+    subscribed: bool,
+    /// Some subscribed name is below this name (RECURSIVEMATCH).
+    child_subscribed: bool,
 }
 
-/// Every mailbox plus the implied parents of nested names (`a/b/c` implies `a`, `a/b`).
-fn tree(boxes: &[MailboxHeader]) -> BTreeMap<String, Node> {
+/// Every mailbox plus the implied parents of nested names (`a/b/c` implies `a`, `a/b`),
+/// and every subscribed name (which may not exist) with its parents.
+fn tree(boxes: &[MailboxHeader], subs: &[String]) -> BTreeMap<String, Node> {
     let mut t: BTreeMap<String, Node> = BTreeMap::new();
     for b in boxes {
         let n = t.entry(b.name.clone()).or_default();
         n.exists = true;
         n.special = b.special_use;
-        let mut cut = b.name.len();
-        while let Some(i) = b.name[..cut].rfind(SEPARATOR) {
-            t.entry(b.name[..i].to_string()).or_default().has_children = true;
-            cut = i;
+        for parent in parents(&b.name) {
+            t.entry(parent.to_string()).or_default().has_children = true;
+        }
+    }
+    for name in subs {
+        t.entry(name.clone()).or_default().subscribed = true;
+        for parent in parents(name) {
+            t.entry(parent.to_string()).or_default().child_subscribed = true;
         }
     }
     t
+}
+
+/// `a/b/c` → `a/b`, `a`.
+fn parents(name: &str) -> impl Iterator<Item = &str> {
+    name.char_indices()
+        .filter(|&(_, c)| c == SEPARATOR)
+        .map(|(i, _)| &name[..i])
+}
+
+/// The LIST attributes of a node. `selecting`: a selection option (SUBSCRIBED) is in
+/// use, where names that do not exist are `\NonExistent` (RFC 5258).
+fn attributes(node: &Node, selecting: bool, want_subs: bool) -> String {
+    let mut attrs: Vec<&str> = Vec::new();
+    if !node.exists {
+        attrs.push(if selecting || !node.has_children {
+            "\\NonExistent"
+        } else {
+            "\\Noselect"
+        });
+    }
+    attrs.push(if node.has_children {
+        "\\HasChildren"
+    } else {
+        "\\HasNoChildren"
+    });
+    if node.subscribed && want_subs {
+        attrs.push("\\Subscribed");
+    }
+    for u in SpecialUse::from_bits(node.special) {
+        attrs.push(u.attribute());
+    }
+    attrs.join(" ")
 }
 
 /// INBOX first, then by name (what clients display).
@@ -93,40 +139,6 @@ fn ordered(t: &BTreeMap<String, Node>) -> Vec<(&String, &Node)> {
 }
 
 impl Session {
-    pub(crate) async fn cmd_select(&mut self, name: &str, read_only: bool) -> Reply {
-        // RFC 3501 6.3.1: SELECT first deselects, even when it then fails.
-        self.selected = None;
-        let (user, slot) = match self.ctx() {
-            Ok(c) => c,
-            Err(r) => return r,
-        };
-        let view = slot.view();
-        let header = match view.mailbox_by_name(&user, name) {
-            Ok(Some(h)) => h,
-            Ok(None) => return Reply::no("[NONEXISTENT] No such mailbox"),
-            Err(e) => return store_error(&e),
-        };
-        let entries = match view.messages(&header) {
-            Ok(e) => e,
-            Err(e) => return store_error(&e),
-        };
-        let last = header.uidnext.0.saturating_sub(1);
-        // EXAMINE changes no state, \Recent included (RFC 3501 6.3.2).
-        let prev = if read_only {
-            self.server.recent.peek(slot.name(), header.id)
-        } else {
-            self.server.recent.claim(slot.name(), header.id, last)
-        };
-        let sel = Selected::open(&header, entries, prev.unwrap_or(0), read_only);
-        sel.write_select_responses(&mut self.out);
-        self.selected = Some(sel);
-        if read_only {
-            Reply::ok("[READ-ONLY] EXAMINE completed")
-        } else {
-            Reply::ok("[READ-WRITE] SELECT completed")
-        }
-    }
-
     pub(crate) async fn cmd_create(
         &mut self,
         name: &str,
@@ -141,9 +153,26 @@ impl Session {
         let op = Op::CreateMailbox {
             user,
             name: name.to_string(),
-            special_use: special.iter().map(to_store_special).collect(),
+            special_use: match special.iter().map(to_store_special).collect() {
+                Some(uses) => uses,
+                None => {
+                    return Reply::no(
+                        "[USEATTR] Supported special uses: \\All \\Archive \\Drafts \\Flagged \\Junk \\Sent \\Trash",
+                    );
+                }
+            },
         };
         match slot.execute_async(op).await {
+            Ok(OpResult::Mailbox(id)) => {
+                self.notify_own_change();
+                match slot.view().mailbox(id) {
+                    Ok(Some(h)) => Reply::ok(format!(
+                        "[MAILBOXID ({})] CREATE completed",
+                        crate::objectid::mailbox_id(&h)
+                    )),
+                    _ => Reply::ok("CREATE completed"),
+                }
+            }
             Ok(_) => Reply::ok("CREATE completed"),
             Err(e) => store_error(&e),
         }
@@ -164,6 +193,7 @@ impl Session {
                 if id.is_some() && self.selected.as_ref().map(|s| Some(s.id)) == Some(id) {
                     self.selected = None;
                 }
+                self.notify_own_change();
                 Reply::ok("DELETE completed")
             }
             Err(e) => store_error(&e),
@@ -182,7 +212,10 @@ impl Session {
             to: to.to_string(),
         };
         match slot.execute_async(op).await {
-            Ok(_) => Reply::ok("RENAME completed"),
+            Ok(_) => {
+                self.notify_own_change();
+                Reply::ok("RENAME completed")
+            }
             Err(e) => store_error(&e),
         }
     }
@@ -197,7 +230,11 @@ impl Session {
             name: name.to_string(),
             subscribe,
         };
-        match slot.execute_async(op).await {
+        let r = slot.execute_async(op).await;
+        if r.is_ok() {
+            self.notify_own_change();
+        }
+        match r {
             Ok(_) if subscribe => Reply::ok("SUBSCRIBE completed"),
             Ok(_) => Reply::ok("UNSUBSCRIBE completed"),
             Err(e) => store_error(&e),
@@ -214,15 +251,11 @@ impl Session {
             Ok(b) => b,
             Err(e) => return store_error(&e),
         };
-        let want_subs = args.select_subscribed || args.return_subscribed;
-        let subs = if want_subs {
-            match view.subscriptions(&user) {
-                Ok(s) => s,
-                Err(e) => return store_error(&e),
-            }
-        } else {
-            Vec::new()
+        let subs = match view.subscriptions(&user) {
+            Ok(s) => s,
+            Err(e) => return store_error(&e),
         };
+        let want_subs = args.select_subscribed || args.return_subscribed;
         let extended = args.select_subscribed || args.select_special_use;
         let mut patterns = Vec::new();
         for p in &args.patterns {
@@ -242,53 +275,53 @@ impl Session {
         if patterns.is_empty() {
             return Reply::ok("LIST completed");
         }
-        let mut t = tree(&boxes);
-        if args.select_subscribed {
-            // Subscribed names that no longer exist are listed too (\NonExistent).
-            for s in &subs {
-                t.entry(s.clone()).or_default();
-            }
-        }
+        let matches = |name: &str| {
+            let chars: Vec<char> = name.chars().collect();
+            patterns.iter().any(|p| list_match(p, &chars))
+        };
+        let t = tree(&boxes, &subs);
         let mut lines = Vec::new();
         for (name, node) in ordered(&t) {
-            let chars: Vec<char> = name.chars().collect();
-            if !patterns.iter().any(|p| list_match(p, &chars)) {
+            if !matches(name) {
                 continue;
             }
-            let subscribed = subs.iter().any(|s| s == name);
-            if args.select_subscribed && !subscribed {
+            // RFC 5258 3: with RECURSIVEMATCH, a name whose descendant meets the
+            // selection but not the pattern is listed with CHILDINFO.
+            let mut childinfo = None;
+            if args.select_subscribed {
+                if args.select_recursive_match
+                    && node.child_subscribed
+                    && subs.iter().any(|s| {
+                        s.strip_prefix(name.as_str())
+                            .is_some_and(|r| r.starts_with(SEPARATOR))
+                            && !matches(s)
+                    })
+                {
+                    childinfo = Some("SUBSCRIBED");
+                }
+                if !node.subscribed && childinfo.is_none() {
+                    continue;
+                }
+            } else if !node.exists && !node.has_children {
+                // Only subscribed, not a mailbox: not part of a plain LIST.
                 continue;
             }
             if args.select_special_use && node.special == 0 {
                 continue;
             }
-            let mut attrs: Vec<&str> = Vec::new();
-            if !node.exists {
-                attrs.push(if args.select_subscribed {
-                    "\\NonExistent"
-                } else {
-                    "\\Noselect"
-                });
+            let attrs = attributes(node, args.select_subscribed, want_subs);
+            let mut line = format!("LIST ({attrs}) \"/\" ").into_bytes();
+            line.extend_from_slice(&self.mailbox_name_out(name));
+            if let Some(info) = childinfo {
+                line.extend_from_slice(format!(" (\"CHILDINFO\" (\"{info}\"))").as_bytes());
             }
-            attrs.push(if node.has_children {
-                "\\HasChildren"
-            } else {
-                "\\HasNoChildren"
-            });
-            if subscribed && want_subs {
-                attrs.push("\\Subscribed");
-            }
-            for u in SpecialUse::from_bits(node.special) {
-                attrs.push(u.attribute());
-            }
-            let mut line = format!("LIST ({}) \"/\" ", attrs.join(" ")).into_bytes();
-            line.extend_from_slice(&encode_mailbox(name, false));
             lines.push((line, node.exists.then(|| name.clone())));
         }
         for (line, status_of) in lines {
             self.out.extend_from_slice(b"* ");
             self.out.extend_from_slice(&line);
             self.out.extend_from_slice(b"\r\n");
+            // RFC 5819: STATUS follows the LIST line of each selectable mailbox.
             if let (Some(items), Some(name)) = (&args.return_status, status_of)
                 && let Ok(Some(h)) = view.mailbox_by_name(&user, &name)
             {
@@ -296,6 +329,21 @@ impl Session {
             }
         }
         Reply::ok("LIST completed")
+    }
+
+    /// The attributes LIST would give `name` now (for NOTIFY's unsolicited LIST).
+    pub(crate) fn list_attributes(&self, name: &str) -> String {
+        let Some(u) = self.user.as_ref() else {
+            return String::new();
+        };
+        let view = u.slot.view();
+        let boxes = view.mailboxes(&u.name).unwrap_or_default();
+        let subs = view.subscriptions(&u.name).unwrap_or_default();
+        let t = tree(&boxes, &subs);
+        match t.get(name) {
+            Some(node) => attributes(node, true, true),
+            None => "\\NonExistent".into(),
+        }
     }
 
     pub(crate) fn cmd_lsub(&mut self, reference: &str, pattern: &str) -> Reply {
@@ -321,7 +369,7 @@ impl Session {
             let chars: Vec<char> = name.chars().collect();
             if list_match(&pat, &chars) {
                 let mut line = b"* LSUB () \"/\" ".to_vec();
-                line.extend_from_slice(&encode_mailbox(&name, false));
+                line.extend_from_slice(&self.mailbox_name_out(&name));
                 line.extend_from_slice(b"\r\n");
                 self.out.extend_from_slice(&line);
             }
@@ -329,16 +377,22 @@ impl Session {
         Reply::ok("LSUB completed")
     }
 
-    pub(crate) fn cmd_status(&mut self, name: &str, items: &[StatusItem]) -> Reply {
-        let (user, slot) = match self.ctx() {
-            Ok(c) => c,
-            Err(r) => return r,
-        };
+    /// A snapshot and the header of the user's mailbox `name`, or the reply saying why
+    /// not (`NO [NONEXISTENT]`).
+    pub(crate) fn mailbox_header(&self, name: &str) -> Result<(SlotView, MailboxHeader), Reply> {
+        let (user, slot) = self.ctx()?;
         let view = slot.view();
-        let header = match view.mailbox_by_name(&user, name) {
-            Ok(Some(h)) => h,
-            Ok(None) => return Reply::no("[NONEXISTENT] No such mailbox"),
-            Err(e) => return store_error(&e),
+        match view.mailbox_by_name(&user, name) {
+            Ok(Some(h)) => Ok((view, h)),
+            Ok(None) => Err(Reply::no("[NONEXISTENT] No such mailbox")),
+            Err(e) => Err(store_error(&e)),
+        }
+    }
+
+    pub(crate) fn cmd_status(&mut self, name: &str, items: &[StatusItem]) -> Reply {
+        let (view, header) = match self.mailbox_header(name) {
+            Ok(x) => x,
+            Err(r) => return r,
         };
         self.write_status(&view, &header, items);
         Reply::ok("STATUS completed")
@@ -375,6 +429,9 @@ impl Session {
                 StatusItem::Unseen => format!("UNSEEN {}", h.unseen),
                 StatusItem::HighestModSeq => format!("HIGHESTMODSEQ {}", h.highestmodseq.0),
                 StatusItem::Size => format!("SIZE {}", h.size_bytes),
+                StatusItem::MailboxId => {
+                    format!("MAILBOXID ({})", crate::objectid::mailbox_id(h))
+                }
                 StatusItem::Deleted => {
                     let n = entries
                         .iter()
@@ -389,7 +446,7 @@ impl Session {
             parts.push(s);
         }
         let mut line = b"* STATUS ".to_vec();
-        line.extend_from_slice(&encode_mailbox(&h.name, false));
+        line.extend_from_slice(&self.mailbox_name_out(&h.name));
         let _ = write!(Lines(&mut line), " ({})\r\n", parts.join(" "));
         self.out.extend_from_slice(&line);
     }

@@ -74,6 +74,13 @@ pub(crate) fn store_error(e: &StoreError) -> Reply {
             "[TOOBIG] Message of {size} bytes is over the limit of {limit} bytes"
         )),
         StoreError::Refused(why) => Reply::no(format!("[CANNOT] {why}")),
+        StoreError::OverQuota {
+            usage_bytes,
+            limit_bytes,
+            ..
+        } => Reply::no(format!(
+            "[OVERQUOTA] Your mailbox is full ({usage_bytes} of {limit_bytes} bytes used); delete some messages and expunge"
+        )),
         StoreError::Unavailable { .. } | StoreError::WriterGone | StoreError::NoSuchUser => {
             Reply::no("[UNAVAILABLE] Your mailbox store is unavailable; try again in a few minutes")
         }

@@ -1,20 +1,28 @@
 //! SEARCH / UID SEARCH: every RFC 3501 key, plus MODSEQ, OLDER/YOUNGER and the ESEARCH
 //! `RETURN (MIN MAX COUNT ALL)` form the parser accepts.
 //!
-//! Keys are evaluated in three-valued logic: first from the cached record alone
-//! (flags, UID, size, dates); only when the answer still depends on content is the
-//! message read and parsed (`mime::SearchMessage`). Messages whose record or blob is
-//! damaged are left out and the command ends in `NO [SERVERBUG]` after the results.
+//! Keys are evaluated in three-valued logic: first from the message's current record
+//! alone (flags, UID, size, dates; records are read from one store snapshot in bounded
+//! chunks); only when the answer still depends on content is the message read and parsed
+//! (`mime::SearchMessage`). Messages whose record or blob is damaged are left out and the
+//! command ends in `NO [SERVERBUG]` after the results. Messages expunged by another
+//! session but not yet reported to this one are left out too.
+//!
+//! RFC 7162 3.1.5: a search using the MODSEQ key reports the highest MODSEQ of the
+//! matches (`* SEARCH 2 5 (MODSEQ 917162500)`, or `MODSEQ` in ESEARCH). IMAP4rev2
+//! sessions always get ESEARCH (RFC 9051 6.4.4), `RETURN (ALL)` when none was given.
 
 use std::collections::HashMap;
 use std::fmt::Write as _;
 
-use imap_proto::{SearchArgs, SearchKey, SeqOrSaved};
-use store::{MessageRecord, ReadContext, SystemFlags};
+use imap_proto::{SearchArgs, SearchKey, SearchReturn, SeqOrSaved};
+use store::{MessageRecord, ModSeq, SystemFlags, Uid};
 
+use crate::message::read_message;
 use crate::mime::SearchMessage;
-use crate::resp::{Reply, uid_set};
-use crate::selected::{Lines, Selected};
+use crate::resp::Reply;
+use crate::resp::store_error;
+use crate::selected::{Lines, SCAN_CHUNK, Selected, read_records};
 use crate::session::{Session, SessionError};
 use crate::time::date_of;
 
@@ -34,7 +42,7 @@ fn resolve_sets(key: &SearchKey, sel: &Selected, out: &mut HashMap<usize, Vec<bo
     match key {
         SearchKey::Uid(SeqOrSaved::Set(s)) | SearchKey::Seq(SeqOrSaved::Set(s)) => {
             let uid = matches!(key, SearchKey::Uid(_));
-            let mut hit = vec![false; sel.msgs.len()];
+            let mut hit = vec![false; sel.len()];
             for i in sel.resolve_lenient(s, uid) {
                 hit[i] = true;
             }
@@ -94,6 +102,9 @@ fn eval(key: &SearchKey, ctx: &Ctx<'_>, content: Option<&SearchMessage<'_>>) -> 
         K::ModSeq(n) => ctx.rec.modseq.0 >= *n,
         K::Older(secs) => ctx.now_unix_secs - ctx.rec.internaldate.unix_secs >= i64::from(*secs),
         K::Younger(secs) => ctx.now_unix_secs - ctx.rec.internaldate.unix_secs <= i64::from(*secs),
+        // RFC 8474: EMAILID names the blob; no message has a THREADID here.
+        K::EmailId(id) => crate::objectid::email_id(&ctx.rec.blob) == *id,
+        K::ThreadId(_) => false,
         K::Uid(set) => in_set(ctx, set),
         K::Seq(set) => in_set(ctx, set),
         K::Not(k) => !eval(k, ctx, content)?,
@@ -141,7 +152,7 @@ impl Selected {
         match self.resolve(set, uid) {
             Ok(v) => v,
             Err(_) => {
-                let n = self.msgs.len() as u32;
+                let n = self.len() as u32;
                 let clamped = imap_proto::SequenceSet {
                     ranges: set
                         .ranges
@@ -159,7 +170,98 @@ impl Selected {
     }
 }
 
+/// The messages a SEARCH program matched.
+pub(crate) struct Matches {
+    /// `(sequence number, uid)` of each match, ascending.
+    pub hits: Vec<(u32, u32)>,
+    /// UIDs of messages whose record or blob failed verification (left out of `hits`).
+    pub damaged: Vec<u32>,
+}
+
+/// Does the program use the MODSEQ key anywhere (RFC 7162 3.1.5)?
+fn uses_modseq(key: &SearchKey) -> bool {
+    match key {
+        SearchKey::ModSeq(_) => true,
+        SearchKey::Not(k) => uses_modseq(k),
+        SearchKey::Or(a, b) => uses_modseq(a) || uses_modseq(b),
+        SearchKey::And(keys) => keys.iter().any(uses_modseq),
+        _ => false,
+    }
+}
+
 impl Session {
+    /// Runs a search program (the top-level keys, ANDed) over the selected mailbox.
+    /// Shared by SEARCH, SORT and THREAD.
+    pub(crate) async fn search_matches(&mut self, keys: &[SearchKey]) -> Result<Matches, Reply> {
+        self.search_with_modseq(keys).await.map(|(m, _)| m)
+    }
+
+    /// [`Session::search_matches`] plus the highest MODSEQ among the matches.
+    async fn search_with_modseq(&mut self, keys: &[SearchKey]) -> Result<(Matches, ModSeq), Reply> {
+        let (user, slot) = self.ctx()?;
+        let Some(sel) = self.selected.as_ref() else {
+            return Err(Reply::bad("No mailbox selected"));
+        };
+        let key = SearchKey::And(keys.to_vec());
+        let now = slot.clock().now_unix_secs();
+        let view = slot.view();
+        let header = match view.mailbox(sel.id) {
+            Ok(Some(h)) => h,
+            Ok(None) => return Err(Reply::no("[NONEXISTENT] The selected mailbox was deleted")),
+            Err(e) => return Err(store_error(&e)),
+        };
+        let rev2 = self.enabled.rev2;
+        let mut hits: Vec<(u32, u32)> = Vec::new();
+        let mut damaged = Vec::new();
+        let mut top = ModSeq(0);
+        let mut sets = HashMap::new();
+        resolve_sets(&key, sel, &mut sets);
+        let mut start = 0;
+        while start < sel.len() {
+            let end = (start + SCAN_CHUNK).min(sel.len());
+            let uids: Vec<Uid> = (start..end).map(|i| sel.uid_at(i)).collect();
+            let entries = read_records(&view, &header, &uids).map_err(|e| store_error(&e))?;
+            for (k, entry) in entries.into_iter().enumerate() {
+                let index = start + k;
+                let rec = match entry {
+                    // Expunged meanwhile: no longer matches anything.
+                    None => continue,
+                    Some(Ok(r)) => r,
+                    Some(Err(c)) => {
+                        damaged.push(c.uid.0);
+                        continue;
+                    }
+                };
+                let ctx = Ctx {
+                    index,
+                    rec: &rec,
+                    recent: !rev2 && sel.is_recent(rec.uid),
+                    now_unix_secs: now,
+                    sets: &sets,
+                };
+                let matched = match eval(&key, &ctx, None) {
+                    Some(b) => b,
+                    None => match read_message(&slot, &user, &sel.name, &rec).await {
+                        Some(bytes) => {
+                            let msg = SearchMessage::parse(&bytes);
+                            eval(&key, &ctx, Some(&msg)).unwrap_or(false)
+                        }
+                        None => {
+                            damaged.push(rec.uid.0);
+                            false
+                        }
+                    },
+                };
+                if matched {
+                    hits.push((index as u32 + 1, rec.uid.0));
+                    top = top.max(rec.modseq);
+                }
+            }
+            start = end;
+        }
+        Ok((Matches { hits, damaged }, top))
+    }
+
     pub(crate) async fn cmd_search(
         &mut self,
         tag: &str,
@@ -174,98 +276,38 @@ impl Session {
                 "[BADCHARSET (UTF-8 US-ASCII)] Unsupported charset",
             ));
         }
-        let (user, slot) = match self.ctx() {
-            Ok(c) => c,
+        let with_modseq = args.keys.iter().any(uses_modseq);
+        if with_modseq {
+            // RFC 7162 3.1: SEARCH MODSEQ is a CONDSTORE-enabling command.
+            self.enabled.condstore = true;
+        }
+        let (Matches { hits, damaged }, top) = match self.search_with_modseq(&args.keys).await {
+            Ok(m) => m,
             Err(r) => return Ok(r),
         };
-        let Some(sel) = self.selected.as_ref() else {
-            return Ok(Reply::bad("No mailbox selected"));
+        // RFC 7162 3.1.5: no MODSEQ when nothing matched.
+        let modseq = (with_modseq && !hits.is_empty()).then_some(top.0);
+        let ret = match &args.ret {
+            Some(r) => Some(*r),
+            None if self.enabled.rev2 => Some(SearchReturn {
+                all: true,
+                ..SearchReturn::default()
+            }),
+            None => None,
         };
-        let key = SearchKey::And(args.keys.clone());
-        let now = slot.clock().now_unix_secs();
-        let mut hits: Vec<(usize, u32)> = Vec::new();
-        let mut damaged = Vec::new();
-        let mut sets = HashMap::new();
-        resolve_sets(&key, sel, &mut sets);
-        for (index, m) in sel.msgs.iter().enumerate() {
-            if m.expunged {
-                continue;
+        if let Some(ret) = &ret {
+            self.finish_esearch(tag, uid, ret, &hits, modseq);
+        } else {
+            let mut line = b"* SEARCH".to_vec();
+            for &(seq, u) in &hits {
+                let _ = write!(Lines(&mut line), " {}", if uid { u } else { seq });
             }
-            let rec = match &m.entry {
-                Ok(r) => r,
-                Err(c) => {
-                    damaged.push(c.uid.0);
-                    continue;
-                }
-            };
-            let ctx = Ctx {
-                index,
-                rec,
-                recent: m.recent,
-                now_unix_secs: now,
-                sets: &sets,
-            };
-            let matched = match eval(&key, &ctx, None) {
-                Some(b) => b,
-                None => {
-                    let (s, hash) = (slot.clone(), rec.blob);
-                    let rctx = ReadContext {
-                        user: Some(user.clone()),
-                        mailbox: Some(sel.name.clone()),
-                        uid: Some(rec.uid.0),
-                    };
-                    match tokio::task::spawn_blocking(move || s.read_blob(&hash, &rctx)).await {
-                        Ok(Ok(bytes)) => {
-                            let msg = SearchMessage::parse(&bytes);
-                            eval(&key, &ctx, Some(&msg)).unwrap_or(false)
-                        }
-                        _ => {
-                            damaged.push(rec.uid.0);
-                            false
-                        }
-                    }
-                }
-            };
-            if matched {
-                hits.push((index + 1, m.uid.0));
+            if let Some(m) = modseq {
+                let _ = write!(Lines(&mut line), " (MODSEQ {m})");
             }
+            line.extend_from_slice(b"\r\n");
+            self.out.extend_from_slice(&line);
         }
-        let nums: Vec<u32> = hits
-            .iter()
-            .map(|&(seq, u)| if uid { u } else { seq as u32 })
-            .collect();
-        let mut line = Vec::new();
-        match &args.ret {
-            None => {
-                line.extend_from_slice(b"* SEARCH");
-                for n in &nums {
-                    let _ = write!(Lines(&mut line), " {n}");
-                }
-            }
-            Some(ret) => {
-                let _ = write!(Lines(&mut line), "* ESEARCH (TAG \"{tag}\")");
-                if uid {
-                    line.extend_from_slice(b" UID");
-                }
-                let all = !(ret.min || ret.max || ret.count || ret.all);
-                if !nums.is_empty() {
-                    if ret.min {
-                        let _ = write!(Lines(&mut line), " MIN {}", nums[0]);
-                    }
-                    if ret.max {
-                        let _ = write!(Lines(&mut line), " MAX {}", nums[nums.len() - 1]);
-                    }
-                }
-                if ret.count {
-                    let _ = write!(Lines(&mut line), " COUNT {}", nums.len());
-                }
-                if (ret.all || all) && !nums.is_empty() {
-                    let _ = write!(Lines(&mut line), " ALL {}", uid_set(&nums));
-                }
-            }
-        }
-        line.extend_from_slice(b"\r\n");
-        self.out.extend_from_slice(&line);
         if !damaged.is_empty() {
             return Ok(crate::resp::damaged(&damaged));
         }

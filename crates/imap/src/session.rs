@@ -28,8 +28,17 @@ use crate::{CAPABILITIES_BASE, ImapServer};
 pub(crate) const OUT_FLUSH_BYTES: usize = 256 * 1024;
 /// Consecutive BAD responses before the session is closed.
 const BAD_IN_A_ROW_MAX: u32 = 20;
-/// Bytes read from the socket at a time.
+/// Bytes read from the socket by the read that waits for the client: kept inline and
+/// small, because an idle session sits in that read (see `read_more`).
+const READ_FIRST_BYTES: usize = 512;
+/// Bytes read at a time once data is flowing (a heap buffer, only while reading).
 const READ_CHUNK_BYTES: usize = 16 * 1024;
+/// Bytes drained from the socket per `read_more` beyond the first read, so one client
+/// streaming a large literal cannot monopolise the task between framer passes.
+const READ_BURST_BYTES_MAX: usize = 256 * 1024;
+/// Output buffer capacity kept between commands; a larger one (after a big FETCH) is
+/// freed when the session goes idle.
+const OUT_KEEP_BYTES: usize = 4 * 1024;
 /// A client that does not read its responses for this long is disconnected.
 const WRITE_TIMEOUT: Duration = Duration::from_secs(120);
 /// Time allowed for a TLS handshake.
@@ -39,6 +48,8 @@ const TLS_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(30);
 pub(crate) enum Stream {
     Plain(TcpStream),
     Tls(Box<tokio_rustls::server::TlsStream<TcpStream>>),
+    /// RFC 4978 COMPRESS=DEFLATE over the plain or TLS stream.
+    Deflate(Box<crate::compress::Deflate<Stream>>),
     /// Transient state while STARTTLS hands the socket to the TLS acceptor.
     Closed,
 }
@@ -56,6 +67,7 @@ impl AsyncRead for Stream {
         match self.get_mut() {
             Stream::Plain(s) => Pin::new(s).poll_read(cx, buf),
             Stream::Tls(s) => Pin::new(s.as_mut()).poll_read(cx, buf),
+            Stream::Deflate(s) => Pin::new(s.as_mut()).poll_read(cx, buf),
             Stream::Closed => Poll::Ready(Err(closed_error())),
         }
     }
@@ -70,6 +82,7 @@ impl AsyncWrite for Stream {
         match self.get_mut() {
             Stream::Plain(s) => Pin::new(s).poll_write(cx, buf),
             Stream::Tls(s) => Pin::new(s.as_mut()).poll_write(cx, buf),
+            Stream::Deflate(s) => Pin::new(s.as_mut()).poll_write(cx, buf),
             Stream::Closed => Poll::Ready(Err(closed_error())),
         }
     }
@@ -78,6 +91,7 @@ impl AsyncWrite for Stream {
         match self.get_mut() {
             Stream::Plain(s) => Pin::new(s).poll_flush(cx),
             Stream::Tls(s) => Pin::new(s.as_mut()).poll_flush(cx),
+            Stream::Deflate(s) => Pin::new(s.as_mut()).poll_flush(cx),
             Stream::Closed => Poll::Ready(Ok(())),
         }
     }
@@ -86,6 +100,7 @@ impl AsyncWrite for Stream {
         match self.get_mut() {
             Stream::Plain(s) => Pin::new(s).poll_shutdown(cx),
             Stream::Tls(s) => Pin::new(s.as_mut()).poll_shutdown(cx),
+            Stream::Deflate(s) => Pin::new(s.as_mut()).poll_shutdown(cx),
             Stream::Closed => Poll::Ready(Ok(())),
         }
     }
@@ -111,6 +126,19 @@ pub(crate) struct UserCtx {
     pub notices: broadcast::Receiver<ChangeNotice>,
 }
 
+/// What the client turned on: RFC 5161 ENABLE, and the RFC 7162 commands that enable
+/// CONDSTORE implicitly (SELECT (CONDSTORE), FETCH MODSEQ/CHANGEDSINCE, SEARCH MODSEQ,
+/// STORE UNCHANGEDSINCE). Nothing is ever turned off again in a session.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub(crate) struct Enabled {
+    /// RFC 7162 CONDSTORE: MODSEQ in every FETCH caused by a flag change.
+    pub condstore: bool,
+    /// RFC 7162 QRESYNC (implies CONDSTORE): VANISHED instead of EXPUNGE.
+    pub qresync: bool,
+    /// RFC 9051 IMAP4rev2: no RECENT/`\Recent`/UNSEEN, ESEARCH for SEARCH, LIST in SELECT.
+    pub rev2: bool,
+}
+
 /// What the read loop does after a command.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Flow {
@@ -130,7 +158,8 @@ pub(crate) struct Session {
     pub peer: SocketAddr,
     pub stream: Stream,
     pub framer: Framer,
-    rbuf: Vec<u8>,
+    /// The first read of each wait lands here (see `read_more`).
+    rbuf: [u8; READ_FIRST_BYTES],
     /// Responses not yet written to the socket.
     pub out: Vec<u8>,
     pub tls: bool,
@@ -138,6 +167,10 @@ pub(crate) struct Session {
     pub selected: Option<Selected>,
     pub parse_opts: ParseOptions,
     bad_in_a_row: u32,
+    /// CONDSTORE / QRESYNC / IMAP4rev2 as enabled by the client.
+    pub enabled: Enabled,
+    /// State of the extensions in `ext.rs` (SEARCHRES, NOTIFY, COMPRESS, limits).
+    pub ext: crate::ext::ExtState,
 }
 
 /// Serves one connection to its end. Errors only end this connection.
@@ -170,13 +203,15 @@ pub(crate) async fn run(
         peer,
         stream,
         framer: Framer::new(limits),
-        rbuf: vec![0; READ_CHUNK_BYTES],
+        rbuf: [0; READ_FIRST_BYTES],
         out: Vec::new(),
         tls: implicit_tls,
         user: None,
         selected: None,
         parse_opts: ParseOptions::default(),
         bad_in_a_row: 0,
+        enabled: Enabled::default(),
+        ext: crate::ext::ExtState::default(),
     };
     let _ = session.serve().await;
     let _ = session.stream.shutdown().await;
@@ -198,7 +233,8 @@ impl Session {
                 }
             }
             self.flush().await?;
-            match self.read_more(self.inactivity_limit()).await? {
+            self.release_idle_memory();
+            match self.read_or_notify(self.inactivity_limit()).await? {
                 ReadOutcome::Data => {}
                 ReadOutcome::Eof => return Ok(()),
                 ReadOutcome::TimedOut => {
@@ -218,16 +254,68 @@ impl Session {
         }
     }
 
-    /// Reads what the client sent next into the framer.
+    /// Gives back memory a busy moment left behind before the session waits for its
+    /// client: an idle connection should cost a few KiB, not its largest response.
+    pub(crate) fn release_idle_memory(&mut self) {
+        if self.out.is_empty() && self.out.capacity() > OUT_KEEP_BYTES {
+            self.out = Vec::new();
+        }
+        self.framer.release_spare_memory();
+    }
+
+    /// Reads what the client sent next into the framer. The wait uses the small inline
+    /// buffer; if that fills, whatever else the socket already holds is drained with a
+    /// heap buffer that lives only for this call (memory of idle sessions, above).
     pub(crate) async fn read_more(&mut self, limit: Duration) -> Result<ReadOutcome, SessionError> {
-        match tokio::time::timeout(limit, self.stream.read(&mut self.rbuf)).await {
-            Err(_) => Ok(ReadOutcome::TimedOut),
-            Ok(Ok(0)) => Ok(ReadOutcome::Eof),
-            Ok(Ok(n)) => {
-                self.framer.push(&self.rbuf[..n]);
-                Ok(ReadOutcome::Data)
+        let n = match tokio::time::timeout(limit, self.stream.read(&mut self.rbuf)).await {
+            Err(_) => return Ok(ReadOutcome::TimedOut),
+            Ok(Ok(0)) => return Ok(ReadOutcome::Eof),
+            Ok(Ok(n)) => n,
+            Ok(Err(e)) => return Err(e.into()),
+        };
+        self.framer.push(&self.rbuf[..n]);
+        if n < READ_FIRST_BYTES {
+            return Ok(ReadOutcome::Data);
+        }
+        let mut chunk = vec![0u8; READ_CHUNK_BYTES];
+        let mut total = 0;
+        while total < READ_BURST_BYTES_MAX {
+            match read_now(&mut self.stream, &mut chunk).await {
+                Some(Ok(0)) | None => break,
+                Some(Ok(k)) => {
+                    self.framer.push(&chunk[..k]);
+                    total += k;
+                }
+                // Reported by the next read, after the data already read is served.
+                Some(Err(_)) => break,
             }
-            Ok(Err(e)) => Err(e.into()),
+        }
+        Ok(ReadOutcome::Data)
+    }
+
+    /// ENABLE for the capabilities of the selected-mailbox engine (called by
+    /// `cmd_enable`): the name to list in `* ENABLED` if this turned it on now, `None`
+    /// if unknown here or already on (RFC 5161 3.2 lists only what this command did).
+    pub(crate) fn enable_engine(&mut self, cap: &str) -> Option<&'static str> {
+        let e = &mut self.enabled;
+        match cap {
+            "CONDSTORE" if !e.condstore => {
+                e.condstore = true;
+                Some("CONDSTORE")
+            }
+            "QRESYNC" if !e.qresync => {
+                // RFC 7162 3.2.3: QRESYNC implies CONDSTORE.
+                e.qresync = true;
+                e.condstore = true;
+                Some("QRESYNC")
+            }
+            "IMAP4REV2" if !e.rev2 => {
+                // RFC 9051 6.3.1: mailbox names are UTF-8 both ways from now on.
+                e.rev2 = true;
+                self.parse_opts.utf8_mailboxes = true;
+                Some("IMAP4rev2")
+            }
+            _ => None,
         }
     }
 
@@ -262,7 +350,7 @@ impl Session {
         self.out.extend_from_slice(b"\r\n");
     }
 
-    fn tagged(&mut self, tag: &str, reply: &Reply) {
+    pub(crate) fn tagged(&mut self, tag: &str, reply: &Reply) {
         self.out.extend_from_slice(tag.as_bytes());
         self.out.push(b' ');
         self.out.extend_from_slice(reply.status_word().as_bytes());
@@ -273,7 +361,7 @@ impl Session {
 
     /// May the client send a password now?
     pub(crate) fn login_allowed(&self) -> bool {
-        self.tls || self.server.config.allow_plaintext_auth
+        self.tls || self.plaintext_refusal().is_none()
     }
 
     pub(crate) fn capabilities(&self) -> String {
@@ -288,6 +376,7 @@ impl Session {
                 caps.push_str(" LOGINDISABLED");
             }
         }
+        caps.push_str(&self.ext_capabilities());
         caps
     }
 
@@ -352,12 +441,28 @@ impl Session {
 
     async fn dispatch(&mut self, cmd: Command) -> Result<Flow, SessionError> {
         let Command { tag, kind } = cmd;
+        if let Some(reply) = self.over_command_rate() {
+            self.tagged(&tag, &reply);
+            return Ok(Flow::Continue);
+        }
+        let kind = self.substitute_saved(kind);
         // RFC 3501 7.4.1: no EXPUNGE while answering FETCH, STORE or SEARCH (sequence
-        // numbers the client is using would shift under it).
+        // numbers the client is using would shift under it); the UID forms may have them.
         let allow_expunge = !matches!(
             kind,
-            CommandKind::Fetch { .. } | CommandKind::Store { .. } | CommandKind::Search { .. }
+            CommandKind::Fetch { uid: false, .. }
+                | CommandKind::Store { uid: false, .. }
+                | CommandKind::Search { uid: false, .. }
+                | CommandKind::Sort { uid: false, .. }
+                | CommandKind::Thread { uid: false, .. }
         );
+        // Once CONDSTORE is on, commands that expunge end with the mailbox's
+        // HIGHESTMODSEQ (as in RFC 7162's examples): EXPUNGE/VANISHED carry none.
+        let expunges = matches!(
+            kind,
+            CommandKind::Expunge | CommandKind::UidExpunge(_) | CommandKind::Move { .. }
+        );
+        let read_only = matches!(kind, CommandKind::Examine { .. });
         let authed = self.user.is_some();
         let selected = self.selected.is_some();
         let not_authed = || Reply::bad("Log in first");
@@ -374,7 +479,8 @@ impl Session {
                 self.tagged(&tag, &Reply::ok("LOGOUT completed"));
                 return Ok(Flow::Close);
             }
-            CommandKind::Id(_) => {
+            CommandKind::Id(fields) => {
+                self.ext.client_id = crate::auth::describe_client(fields.as_deref());
                 self.untagged("ID (\"name\" \"Tandem\" \"vendor\" \"Tandem\")");
                 Reply::ok("ID completed")
             }
@@ -404,8 +510,19 @@ impl Session {
             }
             _ if !authed => not_authed(),
             CommandKind::Enable(caps) => self.cmd_enable(&caps),
-            CommandKind::Select { mailbox, .. } => self.cmd_select(&mailbox, false).await,
-            CommandKind::Examine { mailbox, .. } => self.cmd_select(&mailbox, true).await,
+            CommandKind::Select {
+                mailbox,
+                condstore,
+                qresync,
+            }
+            | CommandKind::Examine {
+                mailbox,
+                condstore,
+                qresync,
+            } => {
+                self.cmd_select(&mailbox, read_only, condstore, qresync.as_ref())
+                    .await
+            }
             CommandKind::Create {
                 mailbox,
                 special_use,
@@ -420,12 +537,24 @@ impl Session {
                 self.untagged("NAMESPACE ((\"\" \"/\")) NIL NIL");
                 Reply::ok("NAMESPACE completed")
             }
-            CommandKind::Status { mailbox, items } => self.cmd_status(&mailbox, &items),
+            CommandKind::Status { mailbox, items } => {
+                if items.contains(&imap_proto::StatusItem::HighestModSeq) {
+                    // RFC 7162 3.1: STATUS (HIGHESTMODSEQ) is CONDSTORE-enabling.
+                    self.enabled.condstore = true;
+                }
+                self.cmd_status(&mailbox, &items)
+            }
             CommandKind::Append { mailbox, messages } => self.cmd_append(&mailbox, messages).await,
             CommandKind::Idle => self.cmd_idle().await?,
-            CommandKind::Unauthenticate
-            | CommandKind::GetQuota(_)
-            | CommandKind::GetQuotaRoot(_) => Reply::bad("Command not supported by this server"),
+            CommandKind::Unauthenticate => self.cmd_unauthenticate(),
+            CommandKind::GetQuota(root) => self.cmd_getquota(&root),
+            CommandKind::GetQuotaRoot(mailbox) => self.cmd_getquotaroot(&mailbox),
+            CommandKind::SetQuota { .. } => self.cmd_setquota(),
+            CommandKind::Compress(mechanism) => match self.cmd_compress(&tag, &mechanism).await? {
+                Some(r) => r,
+                None => return Ok(Flow::Continue),
+            },
+            CommandKind::Notify(set) => self.cmd_notify(set),
             _ if !selected => not_selected(),
             CommandKind::Check => Reply::ok("CHECK completed"),
             CommandKind::Close => self.cmd_close().await,
@@ -454,10 +583,31 @@ impl Session {
             CommandKind::Move { uid, set, mailbox } => {
                 self.cmd_copy(uid, &set, &mailbox, true).await
             }
+            CommandKind::Sort {
+                uid,
+                criteria,
+                charset,
+                keys,
+            } => self.cmd_sort(uid, &criteria, &charset, &keys).await,
+            CommandKind::Thread {
+                uid,
+                algorithm,
+                charset,
+                keys,
+            } => self.cmd_thread(uid, algorithm, &charset, &keys).await,
         };
-        if self.selected.is_some() && !self.sync_selected(allow_expunge) {
+        if self.selected.is_some() && !self.sync_selected_and_announce(allow_expunge, !expunges) {
             self.untagged("BYE The selected mailbox was deleted; please reconnect");
             return Ok(Flow::Close);
+        }
+        let mut reply = reply;
+        if expunges
+            && self.enabled.condstore
+            && reply.status == Status::Ok
+            && !reply.text.starts_with('[')
+            && let Some(sel) = &self.selected
+        {
+            reply.text = format!("[HIGHESTMODSEQ {}] {}", sel.highestmodseq.0, reply.text);
         }
         self.tagged(&tag, &reply);
         if reply.status == Status::Bad {
@@ -468,10 +618,20 @@ impl Session {
         }
     }
 
-    /// Brings the selected mailbox's view up to date and queues the untagged responses.
-    /// Returns false when the mailbox no longer exists. Read failures are left for the
-    /// next command (the view stays as it was).
+    /// Brings the selected mailbox's view up to date and queues the untagged responses
+    /// (see `selected.rs`). Returns false when the mailbox no longer exists. Read
+    /// failures are left for the next command (the view stays as it was).
     pub(crate) fn sync_selected(&mut self, allow_expunge: bool) -> bool {
+        self.sync_selected_and_announce(allow_expunge, true)
+    }
+
+    /// [`Session::sync_selected`]. `announce_modseq`: once CONDSTORE is on, follow sent
+    /// expunges with `* OK [HIGHESTMODSEQ n]`, a point where the client may record n
+    /// (EXPUNGE/VANISHED carry no MODSEQ, and until the expunges are sent, a MODSEQ
+    /// seen in a FETCH is not safe to resynchronise from). Commands that put it in
+    /// their tagged OK pass false.
+    fn sync_selected_and_announce(&mut self, allow_expunge: bool, announce_modseq: bool) -> bool {
+        let modes = self.enabled;
         let (Some(user), Some(sel)) = (self.user.as_ref(), self.selected.as_mut()) else {
             return true;
         };
@@ -484,26 +644,32 @@ impl Session {
             }
             Err(_) => return true,
         };
-        if header.highestmodseq == sel.highestmodseq {
-            if allow_expunge {
-                sel.flush_expunges(&mut self.out);
+        let announce = modes.condstore && announce_modseq;
+        if header.highestmodseq <= sel.highestmodseq {
+            if allow_expunge && sel.flush_expunges(&modes, &mut self.out) > 0 && announce {
+                write_highestmodseq(&mut self.out, sel.highestmodseq);
             }
             return true;
         }
-        let Ok(entries) = view.messages(&header) else {
+        let Ok(delta) = sel.read_delta(&view, &header) else {
             return true;
         };
-        let last = entries.last().map_or(0, |e| match e {
-            Ok(r) => r.uid.0,
-            Err(c) => c.uid.0,
-        });
-        let prev = if sel.read_only {
-            self.server.recent.peek(user.slot.name(), sel.id)
-        } else {
-            self.server.recent.claim(user.slot.name(), sel.id, last)
+        let (recent, slot_name, id, read_only) =
+            (&self.server.recent, user.slot.name(), sel.id, sel.read_only);
+        let mut claim = |last: u32| {
+            if modes.rev2 {
+                // IMAP4rev2 has no \Recent: take nothing from rev1 sessions.
+                Some(u32::MAX)
+            } else if read_only {
+                recent.peek(slot_name, id)
+            } else {
+                recent.claim(slot_name, id, last)
+            }
         };
-        let recent_above = prev.unwrap_or(0).max(sel.last_uid());
-        sel.apply(&header, entries, recent_above, allow_expunge, &mut self.out);
+        let flushed = sel.apply_delta(delta, &mut claim, allow_expunge, &modes, &mut self.out);
+        if flushed > 0 && announce {
+            write_highestmodseq(&mut self.out, sel.highestmodseq);
+        }
         true
     }
 
@@ -544,4 +710,23 @@ impl Session {
             None => Err(Reply::bad("Log in first")),
         }
     }
+}
+
+fn write_highestmodseq(out: &mut Vec<u8>, m: store::ModSeq) {
+    out.extend_from_slice(format!("* OK [HIGHESTMODSEQ {}] Highest\r\n", m.0).as_bytes());
+}
+
+/// One read of whatever `stream` holds right now, without waiting: `None` if nothing is
+/// ready. (A read that is not ready registers the task for wake-up; the spurious wake
+/// that may follow is harmless.)
+async fn read_now(stream: &mut Stream, buf: &mut [u8]) -> Option<std::io::Result<usize>> {
+    std::future::poll_fn(|cx| {
+        let mut rb = ReadBuf::new(buf);
+        match Pin::new(&mut *stream).poll_read(cx, &mut rb) {
+            Poll::Ready(Ok(())) => Poll::Ready(Some(Ok(rb.filled().len()))),
+            Poll::Ready(Err(e)) => Poll::Ready(Some(Err(e))),
+            Poll::Pending => Poll::Ready(None),
+        }
+    })
+    .await
 }

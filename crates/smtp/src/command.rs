@@ -15,7 +15,8 @@
 //!
 //! Strict: addresses need `local@domain` (except the two cases above and the null sender
 //! `<>`), must be in angle brackets, and may not contain control characters; parameters must
-//! be well formed; unknown parameters are refused (we advertise only SIZE and BODY).
+//! be well formed; unknown parameters are refused (we advertise SIZE, BODY, SMTPUTF8 and the
+//! RFC 4954 AUTH= parameter; whether a dialect accepts SMTPUTF8 is the session's business).
 
 use thiserror::Error;
 
@@ -51,6 +52,19 @@ pub enum Command {
         target: String,
     },
     Help,
+    /// RFC 3207.
+    StartTls,
+    /// RFC 4954: `AUTH mechanism [initial-response]`. The mechanism is upper-cased; the
+    /// initial response is the base64 text as sent (`=` means an empty response).
+    Auth {
+        mechanism: String,
+        initial: Option<String>,
+    },
+    /// RFC 3030 CHUNKING: `BDAT size [LAST]`; `size` octets of message follow the line.
+    Bdat {
+        size: u64,
+        last: bool,
+    },
 }
 
 /// The MAIL FROM path: the null sender `<>` (bounces) or a mailbox.
@@ -87,12 +101,18 @@ impl ForwardPath {
     }
 }
 
-/// MAIL FROM parameters we advertise (RFC 1870 SIZE, RFC 6152 BODY).
+/// MAIL FROM parameters we advertise (RFC 1870 SIZE, RFC 6152 BODY, RFC 6531 SMTPUTF8,
+/// RFC 4954 AUTH).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct MailParams {
     /// Declared message size in bytes.
     pub size: Option<u64>,
     pub body: Option<Body>,
+    /// The client asked for internationalised handling (RFC 6531).
+    pub smtputf8: bool,
+    /// An `AUTH=` parameter was given. Its value (the original submitter when relaying) is
+    /// not used: we trust only the session's own authentication.
+    pub auth: bool,
 }
 
 /// The BODY= parameter.
@@ -160,6 +180,12 @@ pub fn parse_command(line: &[u8]) -> Result<Command, ParseError> {
         Ok(Command::Vrfy {
             target: text_arg(args, "VRFY needs an argument")?,
         })
+    } else if is(b"STARTTLS") {
+        no_args(args, Command::StartTls, "STARTTLS takes no arguments")
+    } else if is(b"AUTH") {
+        parse_auth(args)
+    } else if is(b"BDAT") {
+        parse_bdat(args)
     } else {
         Err(ParseError::UnknownCommand)
     }
@@ -243,11 +269,86 @@ fn parse_mail(args: Option<&[u8]>) -> Result<Command, ParseError> {
                 Some(v) if v.eq_ignore_ascii_case(b"8BITMIME") => Body::EightBitMime,
                 _ => return Err(ParseError::Syntax("BODY must be 7BIT or 8BITMIME")),
             });
+        } else if key.eq_ignore_ascii_case(b"SMTPUTF8") {
+            if value.is_some() || params.smtputf8 {
+                return Err(ParseError::Syntax("SMTPUTF8 takes no value"));
+            }
+            params.smtputf8 = true;
+        } else if key.eq_ignore_ascii_case(b"AUTH") {
+            if value.is_none() || params.auth {
+                return Err(ParseError::Syntax("AUTH= needs one value"));
+            }
+            params.auth = true;
         } else {
             return Err(unsupported(key));
         }
     }
     Ok(Command::Mail { from, params })
+}
+
+/// Longest SASL mechanism name (RFC 4422 §3.1: 1 to 20 characters).
+const MECHANISM_BYTES_MAX: usize = 20;
+
+fn parse_auth(args: Option<&[u8]>) -> Result<Command, ParseError> {
+    let args = trim_start_sp(args.unwrap_or_default());
+    let mut words = args.split(|&b| b == b' ').filter(|w| !w.is_empty());
+    let mech = words
+        .next()
+        .ok_or(ParseError::Syntax("AUTH needs a mechanism"))?;
+    if mech.len() > MECHANISM_BYTES_MAX
+        || !mech
+            .iter()
+            .all(|&b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+    {
+        return Err(ParseError::Syntax("malformed SASL mechanism name"));
+    }
+    let initial = match words.next() {
+        None => None,
+        Some(w) if w == b"=" || is_base64_text(w) => {
+            // The parser above already rejected non-ASCII bytes.
+            Some(String::from_utf8_lossy(w).into_owned())
+        }
+        Some(_) => return Err(ParseError::Syntax("initial response is not base64")),
+    };
+    if words.next().is_some() {
+        return Err(ParseError::Syntax(
+            "AUTH takes a mechanism and one response",
+        ));
+    }
+    Ok(Command::Auth {
+        mechanism: String::from_utf8_lossy(mech).to_ascii_uppercase(),
+        initial,
+    })
+}
+
+/// Base64 alphabet and padding only (the decoder checks the rest).
+pub(crate) fn is_base64_text(w: &[u8]) -> bool {
+    w.iter()
+        .all(|&b| b.is_ascii_alphanumeric() || b == b'+' || b == b'/' || b == b'=')
+}
+
+fn parse_bdat(args: Option<&[u8]>) -> Result<Command, ParseError> {
+    let args = trim_start_sp(args.unwrap_or_default());
+    let mut words = args.split(|&b| b == b' ').filter(|w| !w.is_empty());
+    let size = words
+        .next()
+        .ok_or(ParseError::Syntax("BDAT needs a chunk size"))?;
+    if size.is_empty() || size.len() > SIZE_DIGITS_MAX || !size.iter().all(u8::is_ascii_digit) {
+        return Err(ParseError::Syntax(
+            "BDAT chunk size must be a decimal number",
+        ));
+    }
+    let size =
+        parse_size(Some(size)).map_err(|_| ParseError::Syntax("BDAT chunk size too large"))?;
+    let last = match words.next() {
+        None => false,
+        Some(w) if w.eq_ignore_ascii_case(b"LAST") => true,
+        Some(_) => return Err(ParseError::Syntax("expected BDAT size [LAST]")),
+    };
+    if words.next().is_some() {
+        return Err(ParseError::Syntax("expected BDAT size [LAST]"));
+    }
+    Ok(Command::Bdat { size, last })
 }
 
 fn parse_rcpt(args: Option<&[u8]>) -> Result<Command, ParseError> {
@@ -490,7 +591,7 @@ mod tests {
     #[test]
     fn errors_are_classified() {
         assert_eq!(parse_command(b"\r\n"), Err(ParseError::Empty));
-        assert_eq!(parse_command(b"BDAT 10"), Err(ParseError::UnknownCommand));
+        assert_eq!(parse_command(b"XBDAT 10"), Err(ParseError::UnknownCommand));
         assert!(matches!(
             parse_command(b"DATA now"),
             Err(ParseError::Syntax(_))
@@ -517,7 +618,8 @@ mod tests {
                 from: mailbox("a.b+c@ex-ample.com"),
                 params: MailParams {
                     size: Some(123),
-                    body: Some(Body::EightBitMime)
+                    body: Some(Body::EightBitMime),
+                    ..MailParams::default()
                 }
             })
         );
@@ -563,9 +665,13 @@ mod tests {
             );
         }
         assert_eq!(
-            parse_command(b"MAIL FROM:<a@b> SMTPUTF8"),
-            Err(ParseError::UnsupportedParameter("SMTPUTF8".into()))
+            parse_command(b"MAIL FROM:<a@b> RET=HDRS"),
+            Err(ParseError::UnsupportedParameter("RET".into()))
         );
+        assert!(matches!(
+            parse_command(b"MAIL FROM:<a@b> SMTPUTF8=yes"),
+            Err(ParseError::Syntax(_))
+        ));
     }
 
     #[test]
@@ -596,6 +702,78 @@ mod tests {
         );
     }
 
+    #[test]
+    fn smtp_extensions() {
+        assert_eq!(parse_command(b"STARTTLS\r\n"), Ok(Command::StartTls));
+        assert!(matches!(
+            parse_command(b"STARTTLS now"),
+            Err(ParseError::Syntax(_))
+        ));
+        assert_eq!(
+            parse_command(b"auth plain AGFAYgBj"),
+            Ok(Command::Auth {
+                mechanism: "PLAIN".into(),
+                initial: Some("AGFAYgBj".into())
+            })
+        );
+        assert_eq!(
+            parse_command(b"AUTH LOGIN"),
+            Ok(Command::Auth {
+                mechanism: "LOGIN".into(),
+                initial: None
+            })
+        );
+        assert_eq!(
+            parse_command(b"AUTH PLAIN ="),
+            Ok(Command::Auth {
+                mechanism: "PLAIN".into(),
+                initial: Some("=".into())
+            })
+        );
+        for bad in [
+            &b"AUTH"[..],
+            b"AUTH PL\x01AIN",
+            b"AUTH PLAIN a b",
+            b"AUTH PLAIN a*b",
+        ] {
+            assert!(matches!(parse_command(bad), Err(ParseError::Syntax(_))));
+        }
+        assert_eq!(
+            parse_command(b"BDAT 1000 LAST"),
+            Ok(Command::Bdat {
+                size: 1000,
+                last: true
+            })
+        );
+        assert_eq!(
+            parse_command(b"bdat 0"),
+            Ok(Command::Bdat {
+                size: 0,
+                last: false
+            })
+        );
+        for bad in [
+            &b"BDAT"[..],
+            b"BDAT x",
+            b"BDAT 1 FIRST",
+            b"BDAT -1",
+            b"BDAT 1 LAST x",
+        ] {
+            assert!(matches!(parse_command(bad), Err(ParseError::Syntax(_))));
+        }
+        assert_eq!(
+            parse_command(b"MAIL FROM:<\xc3\xa9@b.example> SMTPUTF8 AUTH=<>"),
+            Ok(Command::Mail {
+                from: mailbox("\u{e9}@b.example"),
+                params: MailParams {
+                    smtputf8: true,
+                    auth: true,
+                    ..MailParams::default()
+                }
+            })
+        );
+    }
+
     proptest! {
         #[test]
         fn parser_never_panics(line in proptest::collection::vec(any::<u8>(), 0..300)) {
@@ -604,7 +782,7 @@ mod tests {
 
         #[test]
         fn parser_never_panics_on_plausible_lines(
-            verb in "(MAIL FROM:|RCPT TO:|LHLO|VRFY|DATA|mail from: )",
+            verb in "(MAIL FROM:|RCPT TO:|LHLO|VRFY|DATA|mail from: |AUTH |BDAT |STARTTLS)",
             tail in "[<>@.\"\\\\\\[\\]:,= a-zA-Z0-9\\x80-\\xff]{0,60}",
         ) {
             let _ = parse_command(format!("{verb}{tail}").as_bytes());
@@ -629,7 +807,7 @@ mod tests {
             line.push_str("\r\n");
             prop_assert_eq!(
                 parse_command(line.as_bytes()),
-                Ok(Command::Mail { from: ReversePath::Mailbox(addr), params: MailParams { size, body } })
+                Ok(Command::Mail { from: ReversePath::Mailbox(addr), params: MailParams { size, body, ..MailParams::default() } })
             );
         }
     }

@@ -192,6 +192,28 @@ impl DataDecoder {
     }
 }
 
+/// Bare LF → CRLF, so a BDAT message is stored with the same line endings as a DATA one
+/// (CRLF kept, bare CR kept). Returns the input unchanged (no copy) when it has no bare LF.
+pub fn normalize_line_endings(message: Vec<u8>) -> Vec<u8> {
+    let bare_lf = message
+        .iter()
+        .enumerate()
+        .any(|(i, &b)| b == b'\n' && (i == 0 || message[i - 1] != b'\r'));
+    if !bare_lf {
+        return message;
+    }
+    let mut out = Vec::with_capacity(message.len() + message.len() / 32);
+    let mut prev = 0u8;
+    for &b in &message {
+        if b == b'\n' && prev != b'\r' {
+            out.push(b'\r');
+        }
+        out.push(b);
+        prev = b;
+    }
+    out
+}
+
 /// Dot-stuff and terminate `message` for the wire: a leading `.` on any line is doubled and
 /// `.` CRLF is appended (after a CRLF if the message does not end with one). The inverse of
 /// [`DataDecoder`] for CRLF-only messages; used by tests and, later, by the SMTP client side.
@@ -283,6 +305,16 @@ mod tests {
             decode(b"12345678\r\n.\r\n", 10).0,
             DataOutcome::Message(b"12345678\r\n".to_vec())
         );
+    }
+
+    #[test]
+    fn line_endings_are_normalized() {
+        assert_eq!(
+            normalize_line_endings(b"a\nb\r\nc\rd\n".to_vec()),
+            b"a\r\nb\r\nc\rd\r\n"
+        );
+        assert_eq!(normalize_line_endings(b"\n".to_vec()), b"\r\n");
+        assert_eq!(normalize_line_endings(b"x\r\n".to_vec()), b"x\r\n");
     }
 
     #[test]

@@ -61,6 +61,22 @@ impl EnhancedCode {
     pub const SYNTAX_ERROR: Self = Self::new(5, 5, 2);
     /// 5.5.4 invalid command arguments.
     pub const INVALID_ARGUMENTS: Self = Self::new(5, 5, 4);
+    /// 2.7.0 other security status (authentication succeeded, RFC 4954).
+    pub const AUTH_OK: Self = Self::new(2, 7, 0);
+    /// 4.7.1 delivery not authorised now (rate limit: try later).
+    pub const TEMP_NOT_AUTHORIZED: Self = Self::new(4, 7, 1);
+    /// 5.7.0 other security or policy status (authentication required, AUTH cancelled).
+    pub const PERM_POLICY: Self = Self::new(5, 7, 0);
+    /// 5.7.1 delivery not authorised (relay denied, sender not owned, DMARC reject).
+    pub const NOT_AUTHORIZED: Self = Self::new(5, 7, 1);
+    /// 5.7.8 authentication credentials invalid (RFC 4954).
+    pub const AUTH_INVALID: Self = Self::new(5, 7, 8);
+    /// 5.7.11 encryption required for the requested authentication mechanism (RFC 4954).
+    pub const ENCRYPTION_REQUIRED: Self = Self::new(5, 7, 11);
+    /// 5.6.7 non-ASCII address without SMTPUTF8 (RFC 6531).
+    pub const UTF8_REQUIRED: Self = Self::new(5, 6, 7);
+    /// 5.6.0 other or undefined media error (unparseable message).
+    pub const MEDIA_ERROR: Self = Self::new(5, 6, 0);
 }
 
 impl fmt::Display for EnhancedCode {

@@ -1,17 +1,18 @@
 //! LMTP sessions end to end over real tokio I/O (`duplex` and loopback TCP), against an
 //! in-memory deliverer that records what it was given.
 
+mod common;
+
 use std::collections::HashMap;
 use std::io;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use common::Client;
 use smtp::data::dot_stuff;
 use smtp::{Deliver, DeliveryOutcome, Envelope, LmtpConfig, RcptVerdict, serve_lmtp};
-use tokio::io::{
-    AsyncBufReadExt, AsyncRead, AsyncWrite, AsyncWriteExt, BufReader, ReadHalf, WriteHalf,
-};
+use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::task::JoinHandle;
 
 /// How the fake store treats one address.
@@ -93,71 +94,6 @@ fn cfg() -> LmtpConfig {
 
 fn peer() -> SocketAddr {
     "192.0.2.7:40000".parse().unwrap()
-}
-
-struct Client<S> {
-    r: BufReader<ReadHalf<S>>,
-    w: WriteHalf<S>,
-}
-
-impl<S: AsyncRead + AsyncWrite> Client<S> {
-    fn new(stream: S) -> Self {
-        let (r, w) = tokio::io::split(stream);
-        Self {
-            r: BufReader::new(r),
-            w,
-        }
-    }
-
-    async fn send(&mut self, bytes: &[u8]) {
-        self.w.write_all(bytes).await.unwrap();
-        self.w.flush().await.unwrap();
-    }
-
-    /// One (possibly multi-line) reply, lines joined with '\n', CRLF removed.
-    async fn reply(&mut self) -> String {
-        let mut lines = Vec::new();
-        loop {
-            let mut line = String::new();
-            let n = tokio::time::timeout(Duration::from_secs(10), self.r.read_line(&mut line))
-                .await
-                .expect("server did not reply in time")
-                .unwrap();
-            assert!(
-                n > 0,
-                "EOF while waiting for a reply; got so far: {lines:?}"
-            );
-            assert!(line.ends_with("\r\n"), "reply line without CRLF: {line:?}");
-            let line = line.trim_end_matches("\r\n").to_string();
-            let last = line.as_bytes().get(3) != Some(&b'-');
-            lines.push(line);
-            if last {
-                return lines.join("\n");
-            }
-        }
-    }
-
-    /// Send a command, return its reply.
-    async fn cmd(&mut self, line: &str) -> String {
-        self.send(format!("{line}\r\n").as_bytes()).await;
-        self.reply().await
-    }
-
-    async fn expect_eof(&mut self) {
-        let mut rest = String::new();
-        let n = tokio::time::timeout(Duration::from_secs(10), self.r.read_line(&mut rest))
-            .await
-            .expect("server did not close")
-            .unwrap_or(0);
-        assert_eq!(n, 0, "expected EOF, got {rest:?}");
-    }
-
-    /// Greeting + LHLO.
-    async fn hello(&mut self) {
-        assert_eq!(self.reply().await, "220 lmtp.test LMTP Tandem ready");
-        let lhlo = self.cmd("LHLO client.test").await;
-        assert!(lhlo.starts_with("250-lmtp.test"), "{lhlo}");
-    }
 }
 
 fn start(

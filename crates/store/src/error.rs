@@ -34,6 +34,15 @@ pub enum StoreError {
     Refused(String),
     #[error("message too large ({size} bytes, limit {limit})")]
     TooBig { size: u64, limit: u64 },
+    /// The write would take the user past `UserRecord::quota_bytes`; nothing was written.
+    #[error(
+        "over quota: {usage_bytes} bytes used, {adding_bytes} more would pass the limit of {limit_bytes}"
+    )]
+    OverQuota {
+        usage_bytes: u64,
+        adding_bytes: u64,
+        limit_bytes: u64,
+    },
     #[error("slot {slot} is unavailable: {reason}")]
     Unavailable { slot: String, reason: String },
     #[error("slot writer has stopped")]

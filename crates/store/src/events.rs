@@ -49,7 +49,13 @@ pub struct EventLog {
     path: PathBuf,
     clock: Arc<dyn Clock>,
     lock: Mutex<()>,
+    /// Live copies of every event for in-process consumers (the webhook). Bounded: a
+    /// consumer that falls more than `EVENT_QUEUE_MAX` behind misses events (and is told
+    /// so by `RecvError::Lagged`); the file stays complete.
+    live: tokio::sync::broadcast::Sender<Event>,
 }
+
+const EVENT_QUEUE_MAX: usize = 1024;
 
 impl EventLog {
     pub fn new(path: &Path, clock: Arc<dyn Clock>) -> EventLog {
@@ -57,7 +63,13 @@ impl EventLog {
             path: path.to_path_buf(),
             clock,
             lock: Mutex::new(()),
+            live: tokio::sync::broadcast::channel(EVENT_QUEUE_MAX).0,
         }
+    }
+
+    /// Every event raised from now on, as it is written.
+    pub fn subscribe(&self) -> tokio::sync::broadcast::Receiver<Event> {
+        self.live.subscribe()
     }
 
     pub fn path(&self) -> &Path {
@@ -85,5 +97,7 @@ impl EventLog {
         if let Err(e) = res {
             eprintln!("cannot write event log {}: {e}", self.path.display());
         }
+        // No receiver is normal (no webhook configured).
+        let _ = self.live.send(ev);
     }
 }

@@ -20,10 +20,11 @@
 //! | `mailboxes`     | mailbox id u64                       | `MailboxHeader`: id, user, name, uidvalidity u32, uidnext u32, highestmodseq u64, exists u32, unseen u32, size_bytes u64, digest u32, special_use u8 |
 //! | `names`         | user `\0` mailbox name               | mailbox id u64 |
 //! | `messages`      | mailbox id u64, uid u32              | `MessageRecord`: uid u32, modseq u64, system flags u8, internaldate i64 + zone i16, size u32, BLAKE3 [32], keywords (u16 count, strings) |
-//! | `changes`       | mailbox id u64, modseq u64, uid u32  | kind u8: 0 changed, 1 expunged (tombstone for VANISHED) |
+//! | `changes`       | mailbox id u64, modseq u64, uid u32  | kind u8: 0 changed, 1 expunged (tombstone for VANISHED; kept for `VANISHED_WINDOW_MODSEQ` modifications, see `slot.rs`) |
 //! | `subscriptions` | user `\0` mailbox name               | empty |
 //! | `users`         | user                                 | `UserRecord`: user, quota_bytes u64 |
 //! | `counters`      | `next_mailbox_id`, `next_uidvalidity`| u64 |
+//! | `insecure_logins` | user `\0` protocol                 | `InsecureLogin`: user, protocol, first_at i64, last_at i64, ip, client, count u64, notified_at i64 |
 //!
 //! The mailbox **digest** is the XOR of `MessageRecord::digest()` (a CRC32C over uid,
 //! modseq, flags, internaldate and blob hash) of every live record, updated in O(1) per
@@ -36,30 +37,44 @@
 //! # Recovery
 //! fjall replays its journal at open; a request is either wholly present or wholly absent.
 //! Blobs without records are orphans (audit collects them). Open then runs a quick check:
-//! header CRC, DB opens, every mailbox header decodes, and no stored uid is at or above
-//! its mailbox's uidnext; a failing copy is not served.
+//! header CRC, DB opens, counters and every mailbox header decode and agree (no stored
+//! uid at or above uidnext, no change above highestmodseq, `exists` zero exactly when
+//! empty); a failing copy is not served (`Slot::check`). The full verification and
+//! repair is `audit.rs`.
 
+pub mod audit;
 mod blob;
 mod clock;
 mod codec;
 pub mod directory;
 mod error;
 mod events;
+pub mod gate;
 mod header;
 mod records;
+pub mod replica;
 mod slot;
 mod types;
 mod writer;
 
+pub use audit::{
+    AuditOptions, AuditProgress, AuditReport, Finding, FindingKind, LocalBlobDirs, NoRepairSource,
+    RepairSource,
+};
 pub use blob::BlobStore;
 pub use clock::{Clock, ManualClock, SystemClock};
 pub use error::StoreError;
 pub use events::{Event, EventLog};
+pub use gate::LoginGate;
 pub use header::SlotHeader;
-pub use records::{ChangeKind, MailboxHeader, MessageRecord, UserRecord};
-pub use slot::{ChangeNotice, CorruptEntry, Entry, ReadContext, Slot, SlotView, StagedBlob};
+pub use records::{ChangeKind, InsecureLogin, MailboxHeader, MessageRecord, UserRecord};
+pub use replica::{CommitHook, CommittedGroup, MailboxOutcome, ReconcilePlan, ReplicaBatch};
+pub use slot::{
+    ChangeNotice, CorruptEntry, Entry, KEYSPACE_NAMES, ReadContext, SUBSCRIPTIONS_CHANGED, Slot,
+    SlotView, StagedBlob, VANISHED_WINDOW_MODSEQ,
+};
 pub use types::*;
-pub use writer::{KEYWORDS_MAX, Op, OpResult};
+pub use writer::{KEYWORDS_MAX, NewMessage, Op, OpResult};
 
 /// Longest mailbox name in bytes; longer names are refused with a clear error.
 pub const MAILBOX_NAME_BYTES_MAX: usize = 1000;

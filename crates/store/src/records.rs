@@ -12,6 +12,7 @@ pub const KS_CHANGES: &str = "changes";
 pub const KS_SUBS: &str = "subscriptions";
 pub const KS_USERS: &str = "users";
 pub const KS_COUNTERS: &str = "counters";
+pub const KS_INSECURE: &str = "insecure_logins";
 
 pub fn mailbox_key(id: MailboxId) -> [u8; 8] {
     id.0.to_be_bytes()
@@ -244,6 +245,57 @@ impl UserRecord {
         Ok(UserRecord {
             user: d.string()?,
             quota_bytes: d.u64()?,
+        })
+    }
+}
+
+/// The latest login of a user over one protocol on a connection without TLS, under
+/// `insecure_logins/<user> \0 <protocol>`: one row per user and protocol, so the keyspace
+/// is bounded by users x protocols however often a client logs in.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct InsecureLogin {
+    pub user: String,
+    /// `imap`, `pop3` or `submission`.
+    pub protocol: String,
+    /// Unix seconds of the first and the latest insecure login.
+    pub first_at: i64,
+    pub last_at: i64,
+    /// Client IP address of the latest login, as text.
+    pub ip: String,
+    /// What the client said about itself (IMAP `ID`), empty if nothing.
+    pub client: String,
+    pub count: u64,
+    /// Unix seconds of the last notice sent because of this row; 0 = none.
+    pub notified_at: i64,
+}
+
+impl InsecureLogin {
+    pub fn key(user: &str, protocol: &str) -> Vec<u8> {
+        name_key(user, protocol)
+    }
+    pub fn encode(&self) -> Vec<u8> {
+        Enc::new()
+            .str(&self.user)
+            .str(&self.protocol)
+            .i64(self.first_at)
+            .i64(self.last_at)
+            .str(&self.ip)
+            .str(&self.client)
+            .u64(self.count)
+            .i64(self.notified_at)
+            .seal(&Self::key(&self.user, &self.protocol))
+    }
+    pub fn decode(key: &[u8], v: &[u8]) -> Result<InsecureLogin, StoreError> {
+        let mut d = Dec::open(key, v)?;
+        Ok(InsecureLogin {
+            user: d.string()?,
+            protocol: d.string()?,
+            first_at: d.i64()?,
+            last_at: d.i64()?,
+            ip: d.string()?,
+            client: d.string()?,
+            count: d.u64()?,
+            notified_at: d.i64()?,
         })
     }
 }

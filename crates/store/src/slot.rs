@@ -12,9 +12,29 @@ use fjall::{Database, Keyspace, KeyspaceCreateOptions, PersistMode, Readable, Sn
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, RwLock, mpsc};
 
+/// Expunge tombstones (the `changes` entries that answer QRESYNC `VANISHED`) are kept for
+/// the last this-many modifications (MODSEQ steps) of their mailbox, then pruned by the
+/// writer (see `writer.rs`). A client whose last-seen MODSEQ is older than that still gets
+/// a correct answer, computed from the UIDs that exist now instead of from tombstones
+/// (see [`SlotView::vanished_floor`]). On disk that is at most the expunges of the last
+/// 100,000 modifications per mailbox, about 30 bytes each.
+pub const VANISHED_WINDOW_MODSEQ: u64 = 100_000;
+
 /// Bound on queued write requests: past it, callers block (back-pressure) instead of
 /// growing memory without limit.
 const WRITE_QUEUE_MAX: usize = 4096;
+
+/// Every keyspace of `meta/`, in the order of `Keyspaces::all`.
+pub const KEYSPACE_NAMES: [&str; 8] = [
+    KS_MAILBOXES,
+    KS_NAMES,
+    KS_MESSAGES,
+    KS_CHANGES,
+    KS_SUBS,
+    KS_USERS,
+    KS_COUNTERS,
+    KS_INSECURE,
+];
 
 #[derive(Clone)]
 pub(crate) struct Keyspaces {
@@ -25,6 +45,7 @@ pub(crate) struct Keyspaces {
     pub subs: Keyspace,
     pub users: Keyspace,
     pub counters: Keyspace,
+    pub insecure: Keyspace,
 }
 
 impl Keyspaces {
@@ -40,10 +61,20 @@ impl Keyspaces {
             subs: db.keyspace(KS_SUBS, opts)?,
             users: db.keyspace(KS_USERS, opts)?,
             counters: db.keyspace(KS_COUNTERS, opts)?,
+            insecure: db.keyspace(KS_INSECURE, opts)?,
         })
     }
 
-    pub fn all(&self) -> [&Keyspace; 7] {
+    /// The keyspace called `name` (see `records.rs` for the names).
+    pub fn by_name(&self, name: &str) -> Option<&Keyspace> {
+        KEYSPACE_NAMES
+            .iter()
+            .position(|n| *n == name)
+            .map(|i| self.all()[i])
+    }
+
+    /// In the order of [`KEYSPACE_NAMES`].
+    pub fn all(&self) -> [&Keyspace; 8] {
         [
             &self.mailboxes,
             &self.names,
@@ -52,11 +83,18 @@ impl Keyspaces {
             &self.subs,
             &self.users,
             &self.counters,
+            &self.insecure,
         ]
     }
 }
 
-/// A change made durable, published to sessions (IDLE, NOOP) after the group commit.
+/// The `mailbox` of a [`ChangeNotice`] about the user's subscription list (mailbox ids
+/// start at 1, so this is never a real mailbox).
+pub const SUBSCRIPTIONS_CHANGED: MailboxId = MailboxId(0);
+
+/// A change made durable, published to sessions (IDLE, NOOP, NOTIFY) after the group
+/// commit: a mailbox's header changed (messages, flags, name), the mailbox was deleted
+/// (its header is gone), or the subscriptions changed ([`SUBSCRIPTIONS_CHANGED`]).
 #[derive(Debug, Clone)]
 pub struct ChangeNotice {
     pub user: String,
@@ -78,6 +116,21 @@ pub(crate) struct Shared {
     /// Group commits (journal fsyncs) since open: lets tests see that concurrent writes
     /// share fsyncs.
     pub journal_fsyncs: std::sync::atomic::AtomicU64,
+    /// How many modifications (MODSEQ steps) of a mailbox its expunge tombstones are kept
+    /// for; see [`VANISHED_WINDOW_MODSEQ`]. Only tests change it.
+    pub vanished_window: std::sync::atomic::AtomicU64,
+    /// Held by an audit that repairs, so two repairs never move the same files.
+    pub audit_lock: std::sync::Mutex<()>,
+    /// While a repairing audit decides which orphans to collect: blob hashes referenced
+    /// by records committed since it armed this, and whether that set overflowed (see
+    /// `Op::CollectOrphans`).
+    pub gc_watch: std::sync::Mutex<Option<(std::collections::HashSet<BlobHash>, bool)>>,
+    /// The copy's fencing epoch, as in its `SLOT` header (see `replica.rs`).
+    pub epoch: std::sync::atomic::AtomicU64,
+    /// Replication's hook around group commits (see `replica.rs`).
+    pub commit_hook: RwLock<Option<Arc<dyn crate::replica::CommitHook>>>,
+    /// Groups committed that wrote something (see `replica::CommittedGroup::seq`).
+    pub commit_seq: std::sync::atomic::AtomicU64,
 }
 
 /// The same problem (same kind and detail) is alerted at most once per this interval, so a
@@ -155,6 +208,19 @@ impl Slot {
         events: Arc<EventLog>,
         clock: Arc<dyn Clock>,
     ) -> Result<Slot, StoreError> {
+        let slot = Slot::open_unchecked(dir, events, clock)?;
+        slot.check()?;
+        Ok(slot)
+    }
+
+    /// Opens a copy without the start-up check, for audit and repair of a copy the check
+    /// refuses (e.g. counters that need rebuilding). Never serve a copy opened this way
+    /// before `check` passes.
+    pub fn open_unchecked(
+        dir: &Path,
+        events: Arc<EventLog>,
+        clock: Arc<dyn Clock>,
+    ) -> Result<Slot, StoreError> {
         let header = SlotHeader::read(dir)?;
         let meta = dir.join("meta");
         let db = Database::builder(&meta)
@@ -178,6 +244,12 @@ impl Slot {
             notify,
             alerted: Default::default(),
             journal_fsyncs: std::sync::atomic::AtomicU64::new(0),
+            vanished_window: std::sync::atomic::AtomicU64::new(VANISHED_WINDOW_MODSEQ),
+            audit_lock: std::sync::Mutex::new(()),
+            gc_watch: std::sync::Mutex::new(None),
+            epoch: std::sync::atomic::AtomicU64::new(header.epoch.0),
+            commit_hook: RwLock::new(None),
+            commit_seq: std::sync::atomic::AtomicU64::new(0),
         });
         let (tx, rx) = mpsc::sync_channel(WRITE_QUEUE_MAX);
         let w = shared.clone();
@@ -185,13 +257,35 @@ impl Slot {
             .name(format!("slot-writer-{}", header.slot))
             .spawn(move || writer::run(w, rx))
             .map_err(|e| StoreError::io(dir, e))?;
-        let slot = Slot { shared, tx };
-        slot.quick_check()?;
-        Ok(slot)
+        Ok(Slot { shared, tx })
     }
 
-    fn quick_check(&self) -> Result<(), StoreError> {
+    /// The quick check run at open (DESIGN invariant 8), and by `tandem check`: the header
+    /// decodes and names this slot, every mailbox header and counter decodes, counters are
+    /// above every id in use, and per mailbox: no stored uid at or above uidnext, no
+    /// modseq above highestmodseq, and `exists` agrees with whether records exist. Reads
+    /// one record per mailbox at each end, so it stays fast on a large slot; the full
+    /// comparison is `audit`.
+    pub fn check(&self) -> Result<(), StoreError> {
+        let header = SlotHeader::read(&self.shared.dir)?;
+        if header.slot != self.shared.name {
+            return Err(StoreError::CorruptHeader {
+                path: self.shared.dir.join("SLOT"),
+                detail: format!(
+                    "header names slot {:?} but this copy was opened as {:?}",
+                    header.slot, self.shared.name
+                ),
+            });
+        }
         let view = self.view();
+        let mut max_id = 0;
+        for kv in view.snap.iter(&self.shared.ks.counters) {
+            let (k, v) = kv.into_inner()?;
+            let n = decode_u64(&k, &v)?;
+            if &*k == crate::writer::CTR_MAILBOX_ID {
+                max_id = n;
+            }
+        }
         for m in view.all_mailboxes()? {
             if m.uidnext.0 == 0 || m.uidvalidity.0 == 0 {
                 return Err(StoreError::CorruptRecord {
@@ -199,8 +293,18 @@ impl Slot {
                     detail: "mailbox header has zero uidnext/uidvalidity".into(),
                 });
             }
+            if m.id.0 >= max_id {
+                return Err(StoreError::CorruptRecord {
+                    key: hex_id(m.id),
+                    detail: format!(
+                        "mailbox id {} is not below the next_mailbox_id counter ({max_id})",
+                        m.id.0
+                    ),
+                });
+            }
             // The highest stored uid must be below uidnext, or UIDs could be reused.
-            if let Some(last) = view.last_uid(m.id)?
+            let last = view.last_uid(m.id)?;
+            if let Some(last) = last
                 && last >= m.uidnext
             {
                 return Err(StoreError::CorruptRecord {
@@ -211,8 +315,52 @@ impl Slot {
                     ),
                 });
             }
+            if (m.exists == 0) != last.is_none() {
+                return Err(StoreError::CorruptRecord {
+                    key: hex_id(m.id),
+                    detail: format!(
+                        "mailbox {} says it holds {} messages but {} stored",
+                        m.name,
+                        m.exists,
+                        if last.is_none() {
+                            "none are"
+                        } else {
+                            "some are"
+                        }
+                    ),
+                });
+            }
+            // MODSEQ never goes down: nothing stored may be above highestmodseq.
+            if let Some(top) = view.last_change_modseq(m.id)?
+                && top > m.highestmodseq
+            {
+                return Err(StoreError::CorruptRecord {
+                    key: hex_id(m.id),
+                    detail: format!(
+                        "mailbox {} has a change at modseq {} above highestmodseq {}",
+                        m.name, top.0, m.highestmodseq.0
+                    ),
+                });
+            }
         }
         Ok(())
+    }
+
+    /// Corruption drill: stores raw bytes under `key` in `keyspace` (or removes the key),
+    /// through the writer but below the codec.
+    #[doc(hidden)]
+    pub fn debug_poke(
+        &self,
+        keyspace: &str,
+        key: &[u8],
+        value: Option<&[u8]>,
+    ) -> Result<(), StoreError> {
+        self.execute(Op::DebugPoke {
+            keyspace: keyspace.to_string(),
+            key: key.to_vec(),
+            value: value.map(<[u8]>::to_vec),
+        })
+        .map(|_| ())
     }
 
     pub fn name(&self) -> &str {
@@ -301,6 +449,16 @@ impl Slot {
         })
     }
 
+    /// Test hook: keeps expunge tombstones for `modseqs` modifications instead of
+    /// [`VANISHED_WINDOW_MODSEQ`], so the pruning and what lies past it can be exercised
+    /// without 100,000 writes. Never called by production code.
+    #[doc(hidden)]
+    pub fn debug_set_vanished_window(&self, modseqs: u64) {
+        self.shared
+            .vanished_window
+            .store(modseqs.max(1), std::sync::atomic::Ordering::Relaxed);
+    }
+
     /// Journal fsyncs (group commits) done by this handle's writer since open.
     #[doc(hidden)]
     pub fn debug_journal_fsyncs(&self) -> u64 {
@@ -363,10 +521,13 @@ pub struct CorruptEntry {
     pub detail: String,
 }
 
+/// A raw `(key, value)` of a keyspace, undecoded.
+pub type RawEntry = (Vec<u8>, Vec<u8>);
+
 /// A consistent, durable, read-only view of a slot (a KV snapshot).
 pub struct SlotView {
-    shared: Arc<Shared>,
-    snap: Snapshot,
+    pub(crate) shared: Arc<Shared>,
+    pub(crate) snap: Snapshot,
 }
 
 impl SlotView {
@@ -467,6 +628,17 @@ impl SlotView {
         Ok(out)
     }
 
+    /// Insecure-login rows (see `InsecureLogin`): one user's, or every user's when `None`.
+    pub fn insecure_logins(&self, user: Option<&str>) -> Result<Vec<InsecureLogin>, StoreError> {
+        let prefix = user.map(user_prefix).unwrap_or_default();
+        let mut out = Vec::new();
+        for kv in self.snap.prefix(&self.shared.ks.insecure, &prefix) {
+            let (k, v) = kv.into_inner()?;
+            out.push(InsecureLogin::decode(&k, &v)?);
+        }
+        Ok(out)
+    }
+
     pub fn subscriptions(&self, user: &str) -> Result<Vec<String>, StoreError> {
         let prefix = user_prefix(user);
         let mut out = Vec::new();
@@ -487,19 +659,21 @@ impl SlotView {
             .prefix(&self.shared.ks.messages, mailbox_key(mailbox.id))
         {
             let (k, v) = kv.into_inner()?;
-            match MessageRecord::decode(&k, &v) {
-                Ok(r) => out.push(Ok(r)),
-                Err(e) => {
-                    let uid = uid_of_message_key(&k).unwrap_or(Uid(0));
-                    self.alert_record(&e, Some(&mailbox.user), Some(&mailbox.name), Some(uid));
-                    out.push(Err(CorruptEntry {
-                        uid,
-                        detail: e.to_string(),
-                    }));
-                }
-            }
+            out.push(self.entry(mailbox, &k, &v));
         }
         Ok(out)
+    }
+
+    /// A stored message as listed: its record, or (alerting) a `CorruptEntry`.
+    fn entry(&self, mailbox: &MailboxHeader, k: &[u8], v: &[u8]) -> Entry {
+        MessageRecord::decode(k, v).map_err(|e| {
+            let uid = uid_of_message_key(k).unwrap_or(Uid(0));
+            self.alert_record(&e, Some(&mailbox.user), Some(&mailbox.name), Some(uid));
+            CorruptEntry {
+                uid,
+                detail: e.to_string(),
+            }
+        })
     }
 
     pub fn message(
@@ -531,6 +705,46 @@ impl SlotView {
         }
     }
 
+    pub(crate) fn last_change_modseq(&self, id: MailboxId) -> Result<Option<ModSeq>, StoreError> {
+        let start = change_key(id, ModSeq(0), Uid(0));
+        let end = change_key(id, ModSeq(u64::MAX), Uid(u32::MAX));
+        match self
+            .snap
+            .range(&self.shared.ks.changes, start..=end)
+            .next_back()
+        {
+            None => Ok(None),
+            Some(g) => {
+                let k = g.key()?;
+                Ok(k.get(8..16)
+                    .and_then(|b| <[u8; 8]>::try_from(b).ok())
+                    .map(|b| ModSeq(u64::from_be_bytes(b))))
+            }
+        }
+    }
+
+    /// Every raw `(key, value)` of a keyspace in this snapshot, undecoded (corruption
+    /// drills pick their targets with it; audit decodes each one itself). Bounded by
+    /// `max` entries.
+    #[doc(hidden)]
+    pub fn debug_raw_entries(
+        &self,
+        keyspace: &str,
+        max: usize,
+    ) -> Result<Vec<RawEntry>, StoreError> {
+        let ks = self
+            .shared
+            .ks
+            .by_name(keyspace)
+            .ok_or_else(|| StoreError::Refused(format!("no keyspace {keyspace}")))?;
+        let mut out = Vec::new();
+        for kv in self.snap.iter(ks).take(max) {
+            let (k, v) = kv.into_inner()?;
+            out.push((k.to_vec(), v.to_vec()));
+        }
+        Ok(out)
+    }
+
     /// Changes with modseq greater than `since`, in modseq order: `(uid, modseq, kind)`.
     pub fn changes_since(
         &self,
@@ -554,6 +768,56 @@ impl SlotView {
                     .map_err(|_| StoreError::Format("change key".into()))?,
             ));
             out.push((uid, modseq, kind));
+        }
+        Ok(out)
+    }
+
+    /// Expunges are listed exactly by [`SlotView::changes_since`]`(id, m)` only for
+    /// `m >= vanished_floor(mailbox)`: tombstones at or below it may have been pruned.
+    /// Flag changes and appends are always listed (their entries are never pruned).
+    pub fn vanished_floor(&self, mailbox: &MailboxHeader) -> ModSeq {
+        let window = self
+            .shared
+            .vanished_window
+            .load(std::sync::atomic::Ordering::Relaxed);
+        ModSeq(mailbox.highestmodseq.0.saturating_sub(window))
+    }
+
+    /// Messages with `from <= uid <= to`, in UID order, at most `max` of them: a caller
+    /// walking a large mailbox takes it in bounded chunks (continue from the last uid + 1).
+    /// Damaged records are listed as `Err(CorruptEntry)` and raise an alert.
+    pub fn messages_range(
+        &self,
+        mailbox: &MailboxHeader,
+        from: Uid,
+        to: Uid,
+        max: usize,
+    ) -> Result<Vec<Entry>, StoreError> {
+        let mut out = Vec::new();
+        if from > to {
+            return Ok(out);
+        }
+        let (start, end) = (message_key(mailbox.id, from), message_key(mailbox.id, to));
+        for kv in self
+            .snap
+            .range(&self.shared.ks.messages, start..=end)
+            .take(max)
+        {
+            let (k, v) = kv.into_inner()?;
+            out.push(self.entry(mailbox, &k, &v));
+        }
+        Ok(out)
+    }
+
+    /// The UIDs of a mailbox's messages in order, from the keys alone (no record is
+    /// decoded, so a damaged record is still listed).
+    pub fn message_uids(&self, id: MailboxId) -> Result<Vec<Uid>, StoreError> {
+        let mut out = Vec::new();
+        for kv in self.snap.prefix(&self.shared.ks.messages, mailbox_key(id)) {
+            let k = kv.key()?;
+            if let Some(uid) = uid_of_message_key(&k) {
+                out.push(uid);
+            }
         }
         Ok(out)
     }

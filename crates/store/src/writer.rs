@@ -17,13 +17,16 @@
 use crate::error::StoreError;
 use crate::events::Event;
 use crate::records::*;
-use crate::slot::{ChangeNotice, Shared, StagedBlob};
+use crate::slot::{ChangeNotice, SUBSCRIPTIONS_CHANGED, Shared, StagedBlob};
 use crate::types::*;
 use fjall::{OwnedWriteBatch, PersistMode};
 use std::collections::BTreeSet;
 use std::sync::{Arc, mpsc};
 
 const GROUP_MAX: usize = 512;
+/// Expunge tombstones past the vanished window are pruned once per this many
+/// modifications of a mailbox, so the scan that finds them is amortised.
+const PRUNE_EVERY_MODSEQ: u64 = 1024;
 /// Keywords per message; beyond this STORE/APPEND fail with a clear error.
 pub const KEYWORDS_MAX: usize = 128;
 const KEYWORD_BYTES_MAX: usize = 128;
@@ -67,6 +70,13 @@ pub enum Op {
         name: String,
         subscribe: bool,
     },
+    /// Appends several messages to a mailbox by name, all or none (MULTIAPPEND). UIDs
+    /// are consecutive, in order.
+    AppendMany {
+        user: String,
+        mailbox: String,
+        messages: Vec<NewMessage>,
+    },
     /// Appends one message to a mailbox by name.
     Append {
         user: String,
@@ -98,6 +108,43 @@ pub enum Op {
         user: String,
         quota_bytes: u64,
     },
+    /// Records a successful login without TLS (TLS policy, see `InsecureLogin`). With
+    /// `notice_window_secs`, also decides atomically whether the user is due a notice:
+    /// no notice for any of the user's protocols within the window before `at`. When due,
+    /// the row's `notified_at` becomes `at`, so concurrent logins cannot both send one.
+    RecordInsecureLogin {
+        user: String,
+        protocol: String,
+        at: i64,
+        ip: String,
+        client: String,
+        notice_window_secs: Option<i64>,
+    },
+    /// Recomputes a mailbox's derivable state (exists, unseen, size, digest, and raises
+    /// uidnext/highestmodseq above every stored uid/modseq) from its records, as they are
+    /// when the writer runs it. Refused while a record of the mailbox fails its CRC (its
+    /// contribution is unknown). Audit repair and `tandem quota rebuild` use it.
+    RebuildMailbox {
+        mailbox: MailboxId,
+    },
+    /// Raises the slot counters above every id in use and recreates missing ones.
+    RebuildCounters,
+    /// Deletes orphan blobs an audit found, in the writer so it is ordered with appends:
+    /// skips any referenced by a record committed since the audit armed `gc_watch`, and
+    /// any whose file is not older than `older_than` (unix secs, mtime). An append whose
+    /// blob file is gone is refused (the delivery retries), never committed dangling.
+    CollectOrphans {
+        hashes: Vec<BlobHash>,
+        older_than: i64,
+    },
+    /// Test hook: stores raw bytes (or removes the key) in a keyspace, bypassing the
+    /// codec, for corruption drills. Never sent by production code.
+    #[doc(hidden)]
+    DebugPoke {
+        keyspace: String,
+        key: Vec<u8>,
+        value: Option<Vec<u8>>,
+    },
     /// Test hook behind `Slot::debug_corrupt_record`: stores a message record's value with
     /// one bit flipped, bypassing the codec, so corruption drills exercise the real read
     /// path. Never sent by production code.
@@ -106,6 +153,26 @@ pub enum Op {
         mailbox: MailboxId,
         uid: Uid,
     },
+    /// A replica applies a batch of its master's data (see `replica.rs`).
+    ApplyReplica(Box<crate::replica::ReplicaBatch>),
+    /// A write replication makes on the master itself (creating a user or mailbox for a
+    /// split-brain merge): applied as the inner op, never held for a replica ack.
+    ByReplication(Box<Op>),
+    /// A master merges what a former master holds that it never saw (see `replica.rs`).
+    Reconcile(Box<crate::replica::ReconcilePlan>),
+    /// Raises the copy's fencing epoch; `promote` when this copy masters at it.
+    SetEpoch {
+        epoch: Epoch,
+        promote: bool,
+    },
+}
+
+/// One message of [`Op::AppendMany`].
+#[derive(Debug, Clone)]
+pub struct NewMessage {
+    pub blob: StagedBlob,
+    pub flags: Flags,
+    pub internaldate: InternalDate,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -117,17 +184,42 @@ pub enum OpResult {
         uidvalidity: UidValidity,
         uid: Uid,
     },
+    AppendedMany {
+        mailbox: MailboxId,
+        uidvalidity: UidValidity,
+        uids: Vec<Uid>,
+    },
     Stored {
         /// Messages whose flags now are as listed (changed or not), with their modseq.
         updated: Vec<(Uid, ModSeq, Flags)>,
         /// UNCHANGEDSINCE failures (RFC 7162 MODIFIED).
         modified: Vec<Uid>,
+        /// The MODSEQ this write gave every message it changed (the mailbox's new
+        /// HIGHESTMODSEQ); `None` when it changed nothing (and so raised nothing).
+        modseq: Option<ModSeq>,
     },
     Expunged(Vec<Uid>),
     Copied {
         uidvalidity: UidValidity,
         /// (source uid, new uid) pairs in source order.
         pairs: Vec<(Uid, Uid)>,
+    },
+    /// What a rebuild changed, in plain words (`exists 3 -> 4`); empty if it was right.
+    Rebuilt(Vec<String>),
+    /// Answer to `RecordInsecureLogin`: whether the caller must now send the notice.
+    InsecureRecorded {
+        notice_due: bool,
+    },
+    /// Orphan blobs deleted.
+    Collected(Vec<BlobHash>),
+    /// What became of each mailbox of an `ApplyReplica` batch.
+    ReplicaApplied(Vec<(MailboxId, crate::replica::MailboxOutcome)>),
+    Reconciled {
+        uidvalidity: UidValidity,
+        /// (old uid, new uid) of the master's own messages moved to fresh UIDs.
+        renumbered: Vec<(Uid, Uid)>,
+        /// Fresh UIDs of the other copy's messages, in plan order.
+        appended: Vec<Uid>,
     },
 }
 
@@ -153,9 +245,12 @@ pub(crate) fn run(shared: Arc<Shared>, rx: mpsc::Receiver<Request>) {
         // Step 1: blob directories.
         let dirs: BTreeSet<_> = group
             .iter()
-            .filter_map(|r| match &r.op {
-                Op::Append { blob, .. } => Some(blob.dir.clone()),
-                _ => None,
+            .flat_map(|r| match &r.op {
+                Op::Append { blob, .. } => vec![blob.dir.clone()],
+                Op::AppendMany { messages, .. } => {
+                    messages.iter().map(|m| m.blob.dir.clone()).collect()
+                }
+                _ => Vec::new(),
             })
             .collect();
         let mut dir_error = None;
@@ -167,8 +262,20 @@ pub(crate) fn run(shared: Arc<Shared>, rx: mpsc::Receiver<Request>) {
         // Step 2: apply.
         let mut results = Vec::with_capacity(group.len());
         let mut notices = Vec::new();
+        let hook = match shared.commit_hook.read() {
+            Ok(g) => g.clone(),
+            Err(p) => p.into_inner().clone(),
+        };
+        let mut changed = crate::replica::CommittedGroup::default();
         for r in &group {
-            if let (Some(e), Op::Append { .. }) = (&dir_error, &r.op) {
+            if let Some(Err(reason)) = hook.as_ref().map(|h| h.admit(&r.op)) {
+                results.push(Err(StoreError::Unavailable {
+                    slot: shared.name.clone(),
+                    reason,
+                }));
+                continue;
+            }
+            if let (Some(e), Op::Append { .. } | Op::AppendMany { .. }) = (&dir_error, &r.op) {
                 results.push(Err(StoreError::Refused(format!(
                     "blob directory fsync failed: {e}"
                 ))));
@@ -181,11 +288,15 @@ pub(crate) fn run(shared: Arc<Shared>, rx: mpsc::Receiver<Request>) {
                 counters: Vec::new(),
             };
             let res = w.apply(&r.op);
+            let wrote = !w.batch.is_empty();
             let res = match res {
                 Ok(v) => w.batch.commit().map(|_| v).map_err(StoreError::from),
                 Err(e) => Err(e),
             };
             if res.is_ok() {
+                if wrote {
+                    crate::replica::note_changed(&r.op, &w.notices, &mut changed);
+                }
                 notices.append(&mut w.notices);
             } else if let Err(e) = &res
                 && e.is_corruption()
@@ -222,6 +333,18 @@ pub(crate) fn run(shared: Arc<Shared>, rx: mpsc::Receiver<Request>) {
         for n in notices {
             let _ = shared.notify.send(n);
         }
+        // Step 5 (replication): `durability = "replica"` waits here for a replica.
+        if let Some(h) = &hook
+            && changed.ops > 0
+            && let Err(reason) = crate::replica::after_commit(&shared, h.as_ref(), changed)
+        {
+            for res in results.iter_mut().filter(|r| r.is_ok()) {
+                *res = Err(StoreError::Unavailable {
+                    slot: shared.name.clone(),
+                    reason: reason.clone(),
+                });
+            }
+        }
         for (r, res) in group.into_iter().zip(results) {
             let _ = r.reply.send(res);
         }
@@ -237,8 +360,13 @@ struct Apply<'a> {
     counters: Vec<(&'static [u8], u64)>,
 }
 
-const CTR_MAILBOX_ID: &[u8] = b"next_mailbox_id";
-const CTR_UIDVALIDITY: &[u8] = b"next_uidvalidity";
+/// Bound on hashes remembered while an orphan collection is pending; past it the
+/// collection keeps every candidate (see `Op::CollectOrphans`).
+const GC_WATCH_MAX: usize = 1 << 20;
+/// How far a rebuilt `next_mailbox_id` jumps past the largest id in use.
+const MAILBOX_ID_REBUILD_GAP: u64 = 1 << 20;
+pub(crate) const CTR_MAILBOX_ID: &[u8] = b"next_mailbox_id";
+pub(crate) const CTR_UIDVALIDITY: &[u8] = b"next_uidvalidity";
 
 impl Apply<'_> {
     fn apply(&mut self, op: &Op) -> Result<OpResult, StoreError> {
@@ -277,6 +405,12 @@ impl Apply<'_> {
                 } else {
                     self.batch.remove(&self.s.ks.subs, key);
                 }
+                // NOTIFY SubscriptionChange watchers re-read the list on this.
+                self.notices.push(ChangeNotice {
+                    user: user.clone(),
+                    mailbox: SUBSCRIPTIONS_CHANGED,
+                    modseq: ModSeq(0),
+                });
                 Ok(OpResult::Done)
             }
             Op::Append {
@@ -287,9 +421,17 @@ impl Apply<'_> {
                 internaldate,
             } => {
                 check_flags(flags)?;
+                if !self.s.blobs.exists(&blob.hash) {
+                    // Only orphan collection deletes blobs; one can only lose this race
+                    // with a clock stepped far ahead. The delivery retries and rewrites it.
+                    return Err(StoreError::Refused(
+                        "the message file vanished before its record was written; try again".into(),
+                    ));
+                }
                 let id = self
                     .mailbox_id(user, mailbox)?
                     .ok_or(StoreError::NoSuchMailbox)?;
+                self.check_quota(user, u64::from(blob.size))?;
                 let mut h = self.header(id)?;
                 let uid = h.uidnext;
                 h.uidnext = Uid(uid.0.checked_add(1).ok_or_else(|| {
@@ -312,6 +454,11 @@ impl Apply<'_> {
                     uid,
                 })
             }
+            Op::AppendMany {
+                user,
+                mailbox,
+                messages,
+            } => self.append_many(user, mailbox, messages),
             Op::Store {
                 mailbox,
                 uids,
@@ -344,6 +491,63 @@ impl Apply<'_> {
                 self.batch.insert(&self.s.ks.messages, k, v);
                 Ok(OpResult::Done)
             }
+            Op::RebuildMailbox { mailbox } => self.rebuild_mailbox(*mailbox),
+            Op::RebuildCounters => self.rebuild_counters(),
+            Op::CollectOrphans { hashes, older_than } => {
+                let watched = self
+                    .s
+                    .gc_watch
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .take()
+                    .unwrap_or_default();
+                let mut gone = Vec::new();
+                let (watched, overflowed) = watched;
+                if overflowed {
+                    return Ok(OpResult::Collected(gone));
+                }
+                for h in hashes.iter().filter(|h| !watched.contains(h)) {
+                    if self.s.blobs.remove_orphan(h, *older_than)? {
+                        gone.push(*h);
+                    }
+                }
+                Ok(OpResult::Collected(gone))
+            }
+            Op::ApplyReplica(b) => crate::replica::apply_replica(self.s, &mut self.batch, b),
+            Op::ByReplication(inner) => self.apply(inner),
+            Op::Reconcile(p) => {
+                let (res, notices) = crate::replica::reconcile(self.s, &mut self.batch, p)?;
+                self.notices.extend(notices);
+                Ok(res)
+            }
+            Op::SetEpoch { epoch, promote } => {
+                crate::replica::set_epoch(self.s, &mut self.batch, *epoch, *promote)
+            }
+            Op::DebugPoke {
+                keyspace,
+                key,
+                value,
+            } => {
+                let ks = self
+                    .s
+                    .ks
+                    .by_name(keyspace)
+                    .ok_or_else(|| StoreError::Refused(format!("no keyspace {keyspace}")))?
+                    .clone();
+                match value {
+                    Some(v) => self.batch.insert(&ks, key.clone(), v.clone()),
+                    None => self.batch.remove(&ks, key.clone()),
+                }
+                Ok(OpResult::Done)
+            }
+            Op::RecordInsecureLogin {
+                user,
+                protocol,
+                at,
+                ip,
+                client,
+                notice_window_secs,
+            } => self.record_insecure(user, protocol, *at, ip, client, *notice_window_secs),
             Op::SetQuota { user, quota_bytes } => {
                 let mut u = self.user_record(user)?.ok_or(StoreError::NoSuchUser)?;
                 u.quota_bytes = *quota_bytes;
@@ -352,6 +556,94 @@ impl Apply<'_> {
                 Ok(OpResult::Done)
             }
         }
+    }
+
+    fn rebuild_mailbox(&mut self, id: MailboxId) -> Result<OpResult, StoreError> {
+        let mut h = self.header(id)?;
+        let mut d = crate::audit::Derived::default();
+        let mut want = std::collections::HashSet::new();
+        for g in self.s.ks.messages.prefix(mailbox_key(id)) {
+            let (k, v) = g.into_inner()?;
+            let rec = MessageRecord::decode(&k, &v).map_err(|e| {
+                StoreError::corrupt_record(
+                    &k,
+                    &format!("cannot rebuild the mailbox while this record is damaged: {e}"),
+                )
+            })?;
+            d.add(&rec);
+            want.insert(change_key(id, rec.modseq, rec.uid));
+        }
+        // Every live record has a `Changed` entry at its modseq (CONDSTORE/QRESYNC read
+        // them); `Changed` entries of no live record are stale. Tombstones stay.
+        let (mut added, mut removed) = (0, 0);
+        for g in self.s.ks.changes.prefix(mailbox_key(id)) {
+            let (k, v) = g.into_inner()?;
+            d.add_change_key(&k);
+            let live = <[u8; 20]>::try_from(&k[..]).is_ok_and(|k| want.remove(&k));
+            if !live && decode_change(&k, &v).is_ok_and(|c| c == ChangeKind::Changed) {
+                self.batch.remove(&self.s.ks.changes, k.to_vec());
+                removed += 1;
+            }
+        }
+        for k in want {
+            let v = encode_change(&k, ChangeKind::Changed);
+            self.batch.insert(&self.s.ks.changes, k, v);
+            added += 1;
+        }
+        let mut fixed = d.mismatches(&h);
+        if added > 0 {
+            fixed.push(format!("{added} change entries added"));
+        }
+        if removed > 0 {
+            fixed.push(format!("{removed} stale change entries removed"));
+        }
+        if !d.mismatches(&h).is_empty() {
+            d.apply(&mut h);
+            let v = h.encode();
+            // Written directly, not through put_header: a rebuild is no client-visible
+            // change, so it sends no change notice of its own.
+            self.batch.insert(&self.s.ks.mailboxes, mailbox_key(id), v);
+        }
+        Ok(OpResult::Rebuilt(fixed))
+    }
+
+    fn rebuild_counters(&mut self) -> Result<OpResult, StoreError> {
+        let mut max_id = 0u64;
+        let mut max_uidvalidity = 0u64;
+        for g in self.s.ks.mailboxes.iter() {
+            let (k, v) = g.into_inner()?;
+            if let Ok(b) = <[u8; 8]>::try_from(&k[..]) {
+                max_id = max_id.max(u64::from_be_bytes(b));
+            }
+            if let Ok(h) = MailboxHeader::decode(&k, &v) {
+                max_uidvalidity = max_uidvalidity.max(u64::from(h.uidvalidity.0));
+            }
+        }
+        let read = |key: &[u8]| -> Option<u64> {
+            let v = self.s.ks.counters.get(key).ok()??;
+            decode_u64(key, &v).ok()
+        };
+        let mut fixed = Vec::new();
+        let next_id = read(CTR_MAILBOX_ID);
+        if next_id.is_none_or(|n| n <= max_id) {
+            // The true value is unknown and may be far above the largest id left (deleted
+            // mailboxes): jump ahead so no MAILBOXID is ever handed out twice.
+            let want = max_id + 1 + MAILBOX_ID_REBUILD_GAP;
+            fixed.push(format!(
+                "next_mailbox_id {} -> {want}",
+                next_id.map_or("missing".into(), |n| n.to_string())
+            ));
+            self.put_counter(CTR_MAILBOX_ID, want);
+        }
+        if read(CTR_UIDVALIDITY).is_none() {
+            // A fresh UIDVALIDITY must differ from every one in use: above the largest,
+            // and from the clock as at creation.
+            let now = self.s.clock.now_unix_secs().clamp(1, u32::MAX as i64 / 2) as u64;
+            let want = now.max(max_uidvalidity + 1);
+            fixed.push(format!("next_uidvalidity missing -> {want}"));
+            self.put_counter(CTR_UIDVALIDITY, want);
+        }
+        Ok(OpResult::Rebuilt(fixed))
     }
 
     fn put_counter(&mut self, key: &[u8], v: u64) {
@@ -380,6 +672,74 @@ impl Apply<'_> {
             None => Ok(None),
             Some(v) => UserRecord::decode(user.as_bytes(), &v).map(Some),
         }
+    }
+
+    /// Refuses a write that would take `user` past their quota (0 = unlimited). Usage is
+    /// the sum of the mailbox headers' sizes, read from the live DB, so requests earlier
+    /// in the same group count: two deliveries cannot both squeeze under the limit.
+    fn check_quota(&self, user: &str, adding_bytes: u64) -> Result<(), StoreError> {
+        let limit_bytes = match self.user_record(user)? {
+            Some(u) if u.quota_bytes > 0 => u.quota_bytes,
+            _ => return Ok(()),
+        };
+        let mut usage_bytes = 0u64;
+        for g in self.s.ks.names.prefix(user_prefix(user)) {
+            let (k, v) = g.into_inner()?;
+            let h = self.header(MailboxId(decode_u64(&k, &v)?))?;
+            usage_bytes = usage_bytes.saturating_add(h.size_bytes);
+        }
+        if usage_bytes.saturating_add(adding_bytes) > limit_bytes {
+            return Err(StoreError::OverQuota {
+                usage_bytes,
+                adding_bytes,
+                limit_bytes,
+            });
+        }
+        Ok(())
+    }
+
+    fn append_many(
+        &mut self,
+        user: &str,
+        mailbox: &str,
+        messages: &[NewMessage],
+    ) -> Result<OpResult, StoreError> {
+        if messages.is_empty() {
+            return Err(StoreError::Refused("no messages to append".into()));
+        }
+        for m in messages {
+            check_flags(&m.flags)?;
+        }
+        let id = self
+            .mailbox_id(user, mailbox)?
+            .ok_or(StoreError::NoSuchMailbox)?;
+        let total = messages.iter().map(|m| u64::from(m.blob.size)).sum();
+        self.check_quota(user, total)?;
+        let mut h = self.header(id)?;
+        h.highestmodseq = ModSeq(h.highestmodseq.0 + 1);
+        let mut uids = Vec::with_capacity(messages.len());
+        for m in messages {
+            let uid = h.uidnext;
+            h.uidnext = Uid(uid.0.checked_add(1).ok_or_else(|| {
+                StoreError::Refused("mailbox has used every UID; it must be recreated".into())
+            })?);
+            let rec = MessageRecord {
+                uid,
+                modseq: h.highestmodseq,
+                flags: m.flags.clone(),
+                internaldate: m.internaldate,
+                size: m.blob.size,
+                blob: m.blob.hash,
+            };
+            self.add_record(&mut h, &rec);
+            uids.push(uid);
+        }
+        self.put_header(&h);
+        Ok(OpResult::AppendedMany {
+            mailbox: id,
+            uidvalidity: h.uidvalidity,
+            uids,
+        })
     }
 
     fn require_user(&self, user: &str) -> Result<(), StoreError> {
@@ -412,6 +772,54 @@ impl Apply<'_> {
         Ok(OpResult::Done)
     }
 
+    fn record_insecure(
+        &mut self,
+        user: &str,
+        protocol: &str,
+        at: i64,
+        ip: &str,
+        client: &str,
+        window: Option<i64>,
+    ) -> Result<OpResult, StoreError> {
+        self.require_user(user)?;
+        let mut last_notice = 0;
+        let mut row = None;
+        for g in self.s.ks.insecure.prefix(user_prefix(user)) {
+            let (k, v) = g.into_inner()?;
+            let r = InsecureLogin::decode(&k, &v)?;
+            last_notice = last_notice.max(r.notified_at);
+            if r.protocol == protocol {
+                row = Some(r);
+            }
+        }
+        let mut row = row.unwrap_or_else(|| InsecureLogin {
+            user: user.to_string(),
+            protocol: protocol.to_string(),
+            first_at: at,
+            last_at: at,
+            ip: String::new(),
+            client: String::new(),
+            count: 0,
+            notified_at: 0,
+        });
+        row.last_at = at;
+        row.ip = ip.to_string();
+        // A client that sent no ID this time is most likely the same one as before.
+        if !client.is_empty() {
+            row.client = client.to_string();
+        }
+        row.count = row.count.saturating_add(1);
+        let notice_due =
+            window.is_some_and(|w| last_notice == 0 || at.saturating_sub(last_notice) >= w);
+        if notice_due {
+            row.notified_at = at;
+        }
+        let key = InsecureLogin::key(user, protocol);
+        let v = row.encode();
+        self.batch.insert(&self.s.ks.insecure, key, v);
+        Ok(OpResult::InsecureRecorded { notice_due })
+    }
+
     fn purge_user(&mut self, user: &str) -> Result<OpResult, StoreError> {
         let names: Vec<(Vec<u8>, MailboxId)> = self
             .s
@@ -438,6 +846,16 @@ impl Apply<'_> {
         for k in subs {
             self.batch.remove(&self.s.ks.subs, k);
         }
+        let insecure: Vec<_> = self
+            .s
+            .ks
+            .insecure
+            .prefix(user_prefix(user))
+            .map(|g| g.key().map(|k| k.to_vec()))
+            .collect::<Result<_, _>>()?;
+        for k in insecure {
+            self.batch.remove(&self.s.ks.insecure, k);
+        }
         self.batch.remove(&self.s.ks.users, user.as_bytes());
         Ok(OpResult::Done)
     }
@@ -463,6 +881,13 @@ impl Apply<'_> {
         let v = h.encode();
         self.batch
             .insert(&self.s.ks.mailboxes, mailbox_key(h.id), v);
+        // Every write raises highestmodseq by exactly one, so this runs once per
+        // PRUNE_EVERY_MODSEQ modifications of the mailbox (more often only under a test
+        // window smaller than that).
+        let every = PRUNE_EVERY_MODSEQ.min(self.vanished_window().max(1));
+        if h.highestmodseq.0.is_multiple_of(every) {
+            self.prune_tombstones(h);
+        }
         self.notices.push(ChangeNotice {
             user: h.user.clone(),
             mailbox: h.id,
@@ -514,6 +939,11 @@ impl Apply<'_> {
                 self.batch.remove(ks, k);
             }
         }
+        // Replication tells "deleted here" from "never seen here" by this tombstone (no
+        // live mailbox has one, so the key is not among those removed above).
+        let tk = crate::replica::mailbox_tombstone_key(id);
+        let tv = crate::replica::encode_mailbox_tombstone(&tk);
+        self.batch.insert(&self.s.ks.changes, tk, tv);
         Ok(())
     }
 
@@ -525,9 +955,16 @@ impl Apply<'_> {
         let id = self
             .mailbox_id(user, &name)?
             .ok_or(StoreError::NoSuchMailbox)?;
+        let gone = self.header(id)?;
         self.remove_mailbox_contents(id)?;
         self.batch.remove(&self.s.ks.mailboxes, mailbox_key(id));
         self.batch.remove(&self.s.ks.names, name_key(user, &name));
+        // Sessions with the mailbox selected (IDLE, NOTIFY) learn it is gone.
+        self.notices.push(ChangeNotice {
+            user: user.to_string(),
+            mailbox: id,
+            modseq: ModSeq(gone.highestmodseq.0 + 1),
+        });
         Ok(OpResult::Done)
     }
 
@@ -625,6 +1062,19 @@ impl Apply<'_> {
     }
 
     fn add_record(&mut self, h: &mut MailboxHeader, rec: &MessageRecord) {
+        if let Some(w) = self
+            .s
+            .gc_watch
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .as_mut()
+        {
+            if w.0.len() < GC_WATCH_MAX {
+                w.0.insert(rec.blob);
+            } else {
+                w.1 = true;
+            }
+        }
         h.exists += 1;
         if !rec.flags.system.has(SystemFlags::SEEN) {
             h.unseen += 1;
@@ -639,6 +1089,38 @@ impl Apply<'_> {
         self.batch.insert(&self.s.ks.changes, ck, cv);
     }
 
+    /// Removes the expunge tombstones of `h` older than the vanished window (see
+    /// `VANISHED_WINDOW_MODSEQ` in `slot.rs`): readers treat everything at or below
+    /// `highestmodseq - window` as possibly pruned, so what remains is always exact above
+    /// that floor. Best effort: a read error or a damaged entry leaves tombstones in place
+    /// (keeping one too long is harmless) and never fails the client's write. Scans the
+    /// change entries below the floor, live messages' included: O(mailbox) once per
+    /// `PRUNE_EVERY_MODSEQ` writes.
+    fn prune_tombstones(&mut self, h: &MailboxHeader) {
+        let floor = h.highestmodseq.0.saturating_sub(self.vanished_window());
+        if floor == 0 {
+            return;
+        }
+        let start = change_key(h.id, ModSeq(0), Uid(0));
+        let end = change_key(h.id, ModSeq(floor), Uid(u32::MAX));
+        let mut doomed = Vec::new();
+        for g in self.s.ks.changes.range(start..=end) {
+            let Ok((k, v)) = g.into_inner() else { return };
+            if matches!(decode_change(&k, &v), Ok(ChangeKind::Expunged)) {
+                doomed.push(k.to_vec());
+            }
+        }
+        for k in doomed {
+            self.batch.remove(&self.s.ks.changes, k);
+        }
+    }
+
+    fn vanished_window(&self) -> u64 {
+        self.s
+            .vanished_window
+            .load(std::sync::atomic::Ordering::Relaxed)
+    }
+
     fn remove_record(&mut self, h: &mut MailboxHeader, rec: &MessageRecord, modseq: ModSeq) {
         h.exists = h.exists.saturating_sub(1);
         if !rec.flags.system.has(SystemFlags::SEEN) {
@@ -651,7 +1133,7 @@ impl Apply<'_> {
         self.batch
             .remove(&self.s.ks.changes, change_key(h.id, rec.modseq, rec.uid));
         let ck = change_key(h.id, modseq, rec.uid);
-        let cv = encode_change(&ck, ChangeKind::Expunged);
+        let cv = crate::replica::encode_tombstone(&ck, Some(&rec.blob));
         self.batch.insert(&self.s.ks.changes, ck, cv);
     }
 
@@ -737,7 +1219,11 @@ impl Apply<'_> {
             h.highestmodseq = modseq;
             self.put_header(&h);
         }
-        Ok(OpResult::Stored { updated, modified })
+        Ok(OpResult::Stored {
+            updated,
+            modified,
+            modseq: changed_any.then_some(modseq),
+        })
     }
 
     fn expunge(&mut self, id: MailboxId, uids: Option<&[Uid]>) -> Result<OpResult, StoreError> {
@@ -806,6 +1292,11 @@ impl Apply<'_> {
                 uidvalidity: self.header(to_id)?.uidvalidity,
                 pairs: Vec::new(),
             });
+        }
+        if !remove_source {
+            // A MOVE between a user's own mailboxes does not change their usage.
+            let adding = recs.iter().map(|r| u64::from(r.size)).sum();
+            self.check_quota(&src.user, adding)?;
         }
         let mut dst = self.header(to_id)?;
         dst.highestmodseq = ModSeq(dst.highestmodseq.0 + 1);

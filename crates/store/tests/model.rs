@@ -773,6 +773,7 @@ impl Run {
                 OpResult::Stored {
                     updated: u,
                     modified: m,
+                    ..
                 },
             ) => {
                 modified == m

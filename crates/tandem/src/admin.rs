@@ -11,7 +11,22 @@ use std::time::Duration;
 #[derive(Debug, Serialize, Deserialize)]
 #[serde(tag = "op", rename_all = "snake_case")]
 pub enum Request {
-    UserDel { address: String, purge: bool },
+    UserDel {
+        address: String,
+        purge: bool,
+    },
+    /// `tandem queue ...` (see `queuecmd.rs`).
+    Queue(crate::queuecmd::QueueRequest),
+    /// `tandem audit`, `check`, `quota` (see `audit.rs`): progress lines, then a data
+    /// line, then the `Reply` line.
+    Integrity(crate::audit::IntegrityRequest),
+    /// `tandem status` and `tandem cluster verify|sync` (see `cluster.rs`).
+    Cluster(crate::cluster::ClusterRequest),
+    /// `tandem report insecure-clients` (see `tlspolicy.rs`); `now` is the CLI's clock.
+    InsecureClients {
+        since_days: u32,
+        now: i64,
+    },
 }
 
 #[derive(Debug, Serialize, Deserialize)]
@@ -43,59 +58,37 @@ pub fn call(dir: &Path, req: &Request) -> Result<Option<Reply>> {
     ))
 }
 
-pub fn print_events(dir: &Path, follow: bool) -> Result<()> {
-    let path = dir.join("events.jsonl");
-    let mut pos = 0u64;
-    loop {
-        match std::fs::File::open(&path) {
-            Ok(f) => {
-                use std::io::{Seek, SeekFrom};
-                let mut r = BufReader::new(f);
-                r.seek(SeekFrom::Start(pos))?;
-                let mut line = String::new();
-                while r.read_line(&mut line)? > 0 {
-                    if !line.ends_with('\n') {
-                        break;
-                    }
-                    pos += line.len() as u64;
-                    print_event(&line);
-                    line.clear();
-                }
-            }
-            Err(_) if !follow => {
-                println!("no events yet ({} does not exist)", path.display());
-                return Ok(());
-            }
-            Err(_) => {}
-        }
-        if !follow {
-            return Ok(());
-        }
-        std::thread::sleep(Duration::from_millis(500));
-    }
-}
-
-fn print_event(line: &str) {
-    let Ok(v) = serde_json::from_str::<serde_json::Value>(line) else {
-        print!("{line}");
-        return;
+/// Like [`call`] for requests that stream: every line before the final `Reply` is
+/// handed to `on_line` (progress, data). Waits as long as lines keep coming (an audit
+/// of a large slot takes hours); gives up after `STREAM_SILENCE` without one.
+pub fn call_stream(
+    dir: &Path,
+    req: &Request,
+    mut on_line: impl FnMut(serde_json::Value),
+) -> Result<Option<Reply>> {
+    const STREAM_SILENCE: Duration = Duration::from_secs(600);
+    let path = dir.join("admin.sock");
+    let mut s = match UnixStream::connect(&path) {
+        Ok(s) => s,
+        Err(_) => return Ok(None),
     };
-    let get = |k: &str| v.get(k).and_then(|x| x.as_str()).unwrap_or("");
-    let mut where_ = Vec::new();
-    for k in ["slot", "user", "mailbox"] {
-        if !get(k).is_empty() {
-            where_.push(format!("{k}={}", get(k)));
+    s.set_read_timeout(Some(STREAM_SILENCE))?;
+    let mut line = serde_json::to_vec(req)?;
+    line.push(b'\n');
+    s.write_all(&line).context("admin socket write")?;
+    let mut r = BufReader::new(s);
+    loop {
+        let mut l = String::new();
+        let n = r
+            .read_line(&mut l)
+            .context("the server stopped answering on its admin socket")?;
+        if n == 0 {
+            bail!("the server closed its admin socket before finishing");
         }
+        let v: serde_json::Value = serde_json::from_str(&l).context("bad admin reply")?;
+        if v.get("ok").is_some() && v.get("message").is_some() {
+            return Ok(Some(serde_json::from_value(v).context("bad admin reply")?));
+        }
+        on_line(v);
     }
-    if let Some(u) = v.get("uid").and_then(|x| x.as_u64()) {
-        where_.push(format!("uid={u}"));
-    }
-    println!(
-        "{} {:5} {} {} {}",
-        v.get("ts").and_then(|x| x.as_i64()).unwrap_or(0),
-        get("level").to_uppercase(),
-        get("kind"),
-        where_.join(" "),
-        get("detail")
-    );
 }

@@ -9,6 +9,20 @@ use store::{Flags, InternalDate, Op, Slot, StoreError};
 pub struct LocalDelivery {
     pub directory: Arc<Directory>,
     pub slots: HashMap<String, Slot>,
+    /// `[domains] local` from tandem.toml, lower case; `None`: the domains of existing
+    /// accounts plus `localhost` (recomputed as accounts come and go).
+    pub local_domains: Option<Vec<String>>,
+}
+
+/// What an address is to this host.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Locality {
+    /// Delivers to this account (canonical address).
+    Local(String),
+    /// A local domain, but no such account: `550 5.1.1`.
+    UnknownLocal,
+    /// Another domain: relay (submission) or refuse (MX).
+    Remote,
 }
 
 /// `alice+lists@example.com` → (`alice@example.com`, Some(`lists`)).
@@ -25,23 +39,100 @@ pub fn split_detail(address: &str) -> (String, Option<String>) {
 }
 
 impl LocalDelivery {
-    /// The account an address delivers to, if it is local.
-    fn resolve(&self, address: &str) -> Result<Option<(String, Slot)>, StoreError> {
-        let (base, _) = split_detail(address);
-        let accounts = self.directory.load()?;
-        Ok(accounts.get(&base).and_then(|acct| {
-            self.slots
-                .get(&acct.slot)
-                .map(|s| (acct.address.clone(), s.clone()))
-        }))
+    /// Is `domain` one of ours?
+    pub fn is_local_domain(&self, domain: &str) -> Result<bool, StoreError> {
+        let d = domain.trim().trim_end_matches('.').to_lowercase();
+        Ok(match &self.local_domains {
+            Some(list) => list.contains(&d),
+            None => {
+                d == "localhost"
+                    || self
+                        .directory
+                        .load()?
+                        .accounts
+                        .iter()
+                        .any(|a| a.address.rsplit_once('@').is_some_and(|(_, ad)| ad == d))
+            }
+        })
     }
 
-    async fn deliver_one(&self, rcpt: &str, message: &Arc<[u8]>) -> smtp::DeliveryOutcome {
+    /// The one answer to "is this address local, and whose is it". The domain-less
+    /// `postmaster` (RFC 5321 §4.1.1.3) means postmaster at the first local domain.
+    pub fn classify(&self, address: &str) -> Result<Locality, StoreError> {
+        let address = if address.eq_ignore_ascii_case("postmaster") {
+            let first = match &self.local_domains {
+                Some(list) => list.first().cloned(),
+                None => self
+                    .directory
+                    .load()?
+                    .accounts
+                    .first()
+                    .and_then(|a| a.address.rsplit_once('@').map(|(_, d)| d.to_string())),
+            };
+            format!("postmaster@{}", first.unwrap_or_else(|| "localhost".into()))
+        } else {
+            address.to_string()
+        };
+        let Some((_, domain)) = address.rsplit_once('@') else {
+            return Ok(Locality::UnknownLocal);
+        };
+        if !self.is_local_domain(domain)? {
+            return Ok(Locality::Remote);
+        }
+        Ok(match self.resolve(&address)? {
+            Some((user, _)) => Locality::Local(user),
+            None => Locality::UnknownLocal,
+        })
+    }
+
+    /// The account an address delivers to, if it is local.
+    pub(crate) fn resolve(&self, address: &str) -> Result<Option<(String, Slot)>, StoreError> {
+        let (base, _) = split_detail(address);
+        let accounts = self.directory.load()?;
+        let Some(acct) = accounts.get(&base) else {
+            return Ok(None);
+        };
+        match self.slots.get(&acct.slot) {
+            Some(s) => Ok(Some((acct.address.clone(), s.clone()))),
+            // The account exists but its slot is not served here (it failed its start-up
+            // check, invariant 8): a temporary failure, never "no such user".
+            None => Err(StoreError::Unavailable {
+                slot: acct.slot.clone(),
+                reason: "the mailbox store is not served on this host right now".into(),
+            }),
+        }
+    }
+
+    /// Why a lookup failed, in words for a `451 4.3.0` reply.
+    fn unavailable_text(e: &StoreError) -> String {
+        match e {
+            StoreError::Unavailable { .. } => format!("mailbox temporarily unavailable: {e}"),
+            _ => format!("directory unavailable: {e}"),
+        }
+    }
+
+    /// Delivers to one local recipient, into INBOX (or its `+detail` folder) or, for
+    /// `Folder::Junk`, the user's Junk folder. Durable when it returns `Delivered`.
+    pub async fn deliver_one(
+        &self,
+        rcpt: &str,
+        message: &Arc<[u8]>,
+        folder: smtp::Folder,
+    ) -> smtp::DeliveryOutcome {
         use smtp::DeliveryOutcome as D;
+        // Only the domain-less postmaster needs classify's mapping; everyone else resolves
+        // directly (one directory look-up per delivery, not two).
+        let rcpt = &match rcpt.eq_ignore_ascii_case("postmaster") {
+            true => match self.classify(rcpt) {
+                Ok(Locality::Local(user)) => user,
+                _ => rcpt.to_string(),
+            },
+            false => rcpt.to_string(),
+        };
         let (user, slot) = match self.resolve(rcpt) {
             Ok(Some(x)) => x,
             Ok(None) => return D::PermFail("no such user".into()),
-            Err(e) => return D::TempFail(format!("directory unavailable: {e}")),
+            Err(e) => return D::TempFail(Self::unavailable_text(&e)),
         };
         let (_, detail) = split_detail(rcpt);
         let msg = message.clone();
@@ -63,7 +154,14 @@ impl LocalDelivery {
         };
         // `+detail` delivers to the folder of that name when it exists, else INBOX.
         let mut targets = Vec::new();
-        if let Some(d) = detail
+        if folder == smtp::Folder::Junk
+            && let Ok(boxes) = slot.view().mailboxes(&user)
+            && let Some(junk) = boxes
+                .iter()
+                .find(|m| m.special_uses().contains(&store::SpecialUse::Junk))
+        {
+            targets.push(junk.name.clone());
+        } else if let Some(d) = detail
             && let Ok(Some(_)) = slot.view().mailbox_by_name(&user, &d)
         {
             targets.push(d);
@@ -82,6 +180,7 @@ impl LocalDelivery {
                 Ok(_) => return D::Delivered,
                 // The detail folder may have been deleted meanwhile: fall back to INBOX.
                 Err(StoreError::NoSuchMailbox) => continue,
+                Err(StoreError::OverQuota { .. }) => return D::OverQuota,
                 Err(e) => {
                     last_err = Some(e);
                     break;
@@ -101,7 +200,7 @@ impl smtp::Deliver for LocalDelivery {
         match self.resolve(address) {
             Ok(Some(_)) => smtp::RcptVerdict::Accept,
             Ok(None) => smtp::RcptVerdict::UnknownUser,
-            Err(e) => smtp::RcptVerdict::TempFail(format!("directory unavailable: {e}")),
+            Err(e) => smtp::RcptVerdict::TempFail(Self::unavailable_text(&e)),
         }
     }
 
@@ -114,13 +213,15 @@ impl smtp::Deliver for LocalDelivery {
         let futs = envelope
             .rcpt_to
             .iter()
-            .map(|r| self.deliver_one(r, &message));
+            .map(|r| self.deliver_one(r, &message, smtp::Folder::Inbox));
         join_all(futs).await
     }
 }
 
 /// Minimal join_all: runs the futures concurrently, returns outputs in order.
-async fn join_all<F: std::future::Future>(futs: impl IntoIterator<Item = F>) -> Vec<F::Output> {
+pub(crate) async fn join_all<F: std::future::Future>(
+    futs: impl IntoIterator<Item = F>,
+) -> Vec<F::Output> {
     let mut pinned: Vec<_> = futs.into_iter().map(Box::pin).collect();
     let mut out: Vec<Option<F::Output>> = (0..pinned.len()).map(|_| None).collect();
     std::future::poll_fn(|cx| {
@@ -155,5 +256,61 @@ mod tests {
         );
         assert_eq!(split_detail("<a@x.org>"), ("a@x.org".into(), None));
         assert_eq!(split_detail("+b@x.org"), ("+b@x.org".into(), None));
+    }
+
+    /// RFC 9208 / issue 3: a full mailbox answers LMTP with `552 5.2.2`, not a retry.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn delivery_over_quota_is_over_quota() {
+        use super::LocalDelivery;
+        use std::collections::HashMap;
+        use std::sync::Arc;
+        use store::directory::{Account, Directory};
+        use store::{EventLog, Op, Slot, SystemClock};
+        let dir = std::env::temp_dir().join(format!("tandem-deliver-quota-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        let clock = Arc::new(SystemClock);
+        let events = Arc::new(EventLog::new(&dir.join("events.jsonl"), clock.clone()));
+        let slot = tokio::task::block_in_place(|| {
+            Slot::create(&dir.join("s1"), "s1", "test", events, clock)
+        })
+        .unwrap();
+        let directory = Arc::new(Directory::new(&dir));
+        directory
+            .update(|a| {
+                a.accounts.push(Account {
+                    address: "full@example.com".into(),
+                    password: String::new(),
+                    slot: "s1".into(),
+                });
+                Ok(())
+            })
+            .unwrap();
+        let user = "full@example.com".to_string();
+        slot.execute_async(Op::EnsureUser { user: user.clone() })
+            .await
+            .unwrap();
+        slot.execute_async(Op::SetQuota {
+            user,
+            quota_bytes: 100,
+        })
+        .await
+        .unwrap();
+        let d = LocalDelivery {
+            directory,
+            slots: HashMap::from([("s1".to_string(), slot)]),
+            local_domains: None,
+        };
+        let small: Arc<[u8]> = Arc::from(&b"Subject: hi\r\n\r\nx\r\n"[..]);
+        let big: Arc<[u8]> = Arc::from(vec![b'x'; 200]);
+        let ok = d
+            .deliver_one("full@example.com", &small, smtp::Folder::Inbox)
+            .await;
+        assert_eq!(ok, smtp::DeliveryOutcome::Delivered);
+        let full = d
+            .deliver_one("full@example.com", &big, smtp::Folder::Inbox)
+            .await;
+        assert_eq!(full, smtp::DeliveryOutcome::OverQuota);
+        let _ = std::fs::remove_dir_all(&dir);
     }
 }

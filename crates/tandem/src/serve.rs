@@ -34,7 +34,12 @@ pub fn run(dir: &Path) -> Result<()> {
 
     let clock: Arc<dyn store::Clock> = Arc::new(SystemClock);
     let events = Arc::new(EventLog::new(&dir.join("events.jsonl"), clock.clone()));
-    let slots = open_slots(dir, &events, &clock)?;
+    // With `host = "..."` the slots and their roles come from cluster.toml.
+    let slots = match crate::cluster::start(dir, &cfg, &events, &clock)? {
+        Some(mastered) => mastered,
+        None => open_slots(dir, &events, &clock)?,
+    };
+    crate::cluster::note_served(&slots);
 
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -101,6 +106,7 @@ async fn serve(
     events: Arc<EventLog>,
     slots: HashMap<String, Slot>,
 ) -> Result<()> {
+    let stop = stop_signals()?;
     let directory = Arc::new(Directory::new(dir));
     directory
         .load()
@@ -111,7 +117,15 @@ async fn serve(
     // Bind everything first so a bad address fails start-up before anything serves.
     let imap_l = bind(&cfg, "imap").await?;
     let imaps_l = bind(&cfg, "imaps").await?;
+    let pop3_l = bind(&cfg, "pop3").await?;
+    let pop3s_l = bind(&cfg, "pop3s").await?;
     let lmtp_l = bind(&cfg, "lmtp").await?;
+    let http_l = bind(&cfg, "http").await?;
+    let https_l = bind(&cfg, "https").await?;
+    let mut mail_l = Vec::new();
+    for key in ["smtp", "submission", "submissions"] {
+        mail_l.push((key, bind(&cfg, key).await?.1));
+    }
     let admin_path = dir.join("admin.sock");
     if tokio::net::UnixStream::connect(&admin_path).await.is_ok() {
         bail!(
@@ -127,10 +141,28 @@ async fn serve(
         hostname: hostname.clone(),
         allow_plaintext_auth: cfg.allow_plaintext_auth,
         append_bytes_max: cfg.limits.message_bytes_max,
+        commands_per_second: cfg.limits.imap_commands_per_second,
+        connections_per_ip_max: cfg.limits.imap_connections_per_ip_max,
+        connections_per_user_max: cfg.limits.imap_connections_per_user_max,
+        idle_timeout: std::time::Duration::from_secs(cfg.limits.imap_idle_timeout_secs.max(1)),
+        unauth_timeout: std::time::Duration::from_secs(cfg.limits.imap_unauth_timeout_secs.max(1)),
         ..imap::ImapConfig::default()
     };
     let imap = imap::ImapServer::new(
         imap_cfg,
+        directory.clone(),
+        limiter.clone(),
+        slots.clone(),
+        Some(acceptor.clone()),
+    );
+    let pop3_cfg = pop3::Pop3Config {
+        hostname: hostname.clone(),
+        allow_plaintext_auth: cfg.allow_plaintext_auth,
+        implicit_tls_port: pop3s_l.0.port(),
+        ..pop3::Pop3Config::default()
+    };
+    let pop3 = pop3::Pop3Server::new(
+        pop3_cfg,
         directory.clone(),
         limiter.clone(),
         slots.clone(),
@@ -144,8 +176,57 @@ async fn serve(
     let delivery = Arc::new(LocalDelivery {
         directory: directory.clone(),
         slots: slots.clone(),
+        local_domains: cfg
+            .domains
+            .local
+            .as_ref()
+            .map(|v| v.iter().map(|d| d.trim().to_lowercase()).collect()),
     });
+    let mail = crate::mailserve::start(
+        dir, &cfg, &acceptor, &events, &directory, &limiter, &delivery,
+    )?;
+    // TLS policy (issue 9): one gate for IMAP, POP3 and submission.
+    let policy_clock: Arc<dyn store::Clock> =
+        Arc::new(crate::tlspolicy::OffsetClock(cfg.testing.clock_offset_secs));
+    let policy = Arc::new(crate::tlspolicy::TlsPolicy::new(
+        dir,
+        &cfg,
+        policy_clock,
+        delivery.clone(),
+    )?);
+    imap.set_login_gate(policy.clone());
+    pop3.set_login_gate(policy.clone());
+    let _ = mail.backend.gate.set(policy.clone());
     let conns = Arc::new(Semaphore::new(cfg.limits.connections_max));
+    // The web front: help pages (issue 9), plain and TLS.
+    let site = Arc::new(crate::help::HelpSite::new(&cfg)?);
+    let web_cfg = Arc::new(web::WebConfig::default());
+    for (l, key, tls) in [
+        (http_l, "http", None),
+        (https_l, "https", Some(acceptor.clone())),
+    ] {
+        let (site, web_cfg) = (site.clone(), web_cfg.clone());
+        tokio::spawn(accept_loop(l.1, conns.clone(), key, move |s, _peer| {
+            let (site, web_cfg, tls) = (site.clone(), web_cfg.clone(), tls.clone());
+            async move {
+                let _ = s.set_nodelay(true);
+                let _ = match tls {
+                    Some(a) => web::serve_tls(s, &a, &*site, &web_cfg).await,
+                    None => web::serve(s, &*site, &web_cfg).await,
+                };
+            }
+        }));
+    }
+    for (key, l) in mail_l {
+        let srv = mail.server(key);
+        tokio::spawn(accept_loop(l, conns.clone(), key, move |s, peer| {
+            let srv = srv.clone();
+            async move {
+                let _ = s.set_nodelay(true);
+                let _ = srv.serve(s, peer).await;
+            }
+        }));
+    }
 
     {
         let imap = imap.clone();
@@ -165,6 +246,13 @@ async fn serve(
             async move { imap.serve(s, peer, true).await }
         }));
     }
+    for (l, key, implicit_tls) in [(pop3_l, "pop3", false), (pop3s_l, "pop3s", true)] {
+        let pop3 = pop3.clone();
+        tokio::spawn(accept_loop(l.1, conns.clone(), key, move |s, peer| {
+            let pop3 = pop3.clone();
+            async move { pop3.serve(s, peer, implicit_tls).await }
+        }));
+    }
     {
         let conns = conns.clone();
         let (_, l) = lmtp_l;
@@ -177,10 +265,13 @@ async fn serve(
             }
         }));
     }
+    // Audit/check/quota over the admin socket, the scrubber, the alert webhook.
+    crate::audit::start(dir, &cfg, &events, &directory, &slots)?;
     {
         let directory = directory.clone();
         let slots: Vec<Slot> = slots.values().cloned().collect();
-        tokio::spawn(admin_loop(admin_l, directory, slots));
+        let q = (mail.outbound.clone(), mail.queue.clone());
+        tokio::spawn(admin_loop(admin_l, directory, slots, q));
     }
 
     println!("tandem serving {} from {}", hostname, dir.display());
@@ -207,12 +298,15 @@ async fn serve(
         cfg.listen_addr("imaps")?,
         cfg.listen_addr("lmtp")?
     );
+    println!("  mail         {}", mail.summary);
     events.raise(Event::info(
         "server_started",
         format!("serving {} slots", slots.len()),
     ));
+    crate::srv::wrote_pid(dir);
 
-    wait_for_stop().await;
+    stop.await;
+    crate::cluster::stop();
     println!("stopping: flushing slots");
     for (name, s) in &slots {
         let s = s.clone();
@@ -224,23 +318,23 @@ async fn serve(
         }
     }
     let _ = std::fs::remove_file(&admin_path);
+    crate::srv::removed_pid(dir);
     events.raise(Event::info("server_stopped", "clean shutdown"));
     Ok(())
 }
 
-async fn wait_for_stop() {
+/// Registers for SIGTERM and SIGINT before anything listens, so a stop request that
+/// arrives during start-up is honoured cleanly instead of killing us with the default action.
+fn stop_signals() -> Result<impl std::future::Future<Output = ()>> {
     use tokio::signal::unix::{SignalKind, signal};
-    let mut term = match signal(SignalKind::terminate()) {
-        Ok(s) => s,
-        Err(_) => {
-            let _ = tokio::signal::ctrl_c().await;
-            return;
+    let mut term = signal(SignalKind::terminate()).context("cannot install the SIGTERM handler")?;
+    let mut int = signal(SignalKind::interrupt()).context("cannot install the SIGINT handler")?;
+    Ok(async move {
+        tokio::select! {
+            _ = term.recv() => {}
+            _ = int.recv() => {}
         }
-    };
-    tokio::select! {
-        _ = term.recv() => {}
-        _ = tokio::signal::ctrl_c() => {}
-    }
+    })
 }
 
 async fn accept_loop<F, Fut>(l: TcpListener, conns: Arc<Semaphore>, key: &'static str, handler: F)
@@ -271,11 +365,17 @@ where
     }
 }
 
-async fn admin_loop(l: tokio::net::UnixListener, directory: Arc<Directory>, slots: Vec<Slot>) {
+async fn admin_loop(
+    l: tokio::net::UnixListener,
+    directory: Arc<Directory>,
+    slots: Vec<Slot>,
+    queue: (Arc<crate::outbound::Outbound>, Arc<crate::queue::Queue>),
+) {
     let slots = Arc::new(slots);
     while let Ok((s, _)) = l.accept().await {
         let directory = directory.clone();
         let slots = slots.clone();
+        let queue = queue.clone();
         tokio::spawn(async move {
             let (r, mut w) = s.into_split();
             let mut line = String::new();
@@ -293,6 +393,15 @@ async fn admin_loop(l: tokio::net::UnixListener, directory: Arc<Directory>, slot
                         ok: false,
                         message: "internal error".into(),
                     })
+                }
+                Ok(admin::Request::Integrity(req)) => crate::audit::serve_admin(req, &mut w).await,
+                Ok(admin::Request::Cluster(req)) => crate::cluster::serve_admin(req).await,
+                Ok(admin::Request::InsecureClients { since_days, now }) => {
+                    crate::tlspolicy::insecure_report(&slots, now, since_days)
+                }
+                Ok(admin::Request::Queue(req)) => {
+                    let clock: Arc<dyn store::Clock> = Arc::new(SystemClock);
+                    crate::queuecmd::online(queue.0, queue.1, clock, req).await
                 }
                 Err(e) => admin::Reply {
                     ok: false,

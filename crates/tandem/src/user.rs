@@ -156,7 +156,7 @@ pub fn run(dir: &Path, cmd: UserCmd) -> Result<()> {
     Ok(())
 }
 
-fn open_slots_offline(dir: &Path) -> Result<Vec<Slot>> {
+pub(crate) fn open_slots_offline(dir: &Path) -> Result<Vec<Slot>> {
     let events = Arc::new(EventLog::new(
         &dir.join("events.jsonl"),
         Arc::new(SystemClock),

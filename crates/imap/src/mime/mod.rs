@@ -17,11 +17,14 @@
 //! HEADER.FIELDS borrow the message. Memory: the part table (~100 bytes per part,
 //! at most 10 000 parts) plus, for SEARCH, decoded text up to about twice the size.
 
+mod binary;
 mod bodystructure;
 mod envelope;
 mod parse;
+mod preview;
 mod search;
 mod section;
+mod sortkeys;
 mod write;
 
 #[cfg(test)]
@@ -31,8 +34,11 @@ use std::borrow::Cow;
 
 use imap_proto::Section;
 
+pub use binary::{UnencodableBinary, encode_binary_parts};
+pub use preview::PREVIEW_CHARS_MAX;
 pub use search::SearchMessage;
 pub use section::{BinaryError, partial};
+pub use sortkeys::{SortFields, base_subject};
 
 use parse::Tree;
 

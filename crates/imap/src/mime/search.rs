@@ -13,7 +13,7 @@ use imap_proto::{Date, SearchKey};
 use mail_parser::{HeaderValue, parsers::MessageStream};
 
 use super::ParsedMessage;
-use super::parse::{Kind, terminated};
+use super::parse::{Kind, Part, Tree, terminated};
 use super::section::decode_body;
 
 /// A message parsed once for evaluating many SEARCH keys.
@@ -30,11 +30,25 @@ fn fold(needle: &[u8]) -> String {
 }
 
 /// RFC 2047-decodes one raw field value (mail-parser's unstructured parser).
-fn decode_value(raw: &[u8]) -> String {
+pub(super) fn decode_value(raw: &[u8]) -> String {
     let buf = terminated(raw);
     match MessageStream::new(&buf).parse_unstructured() {
         HeaderValue::Text(t) => t.into_owned(),
         _ => String::new(),
+    }
+}
+
+/// A leaf part's body as UTF-8: transfer-decoded, then charset-decoded (unknown
+/// charsets are read as UTF-8 with replacement characters).
+pub(super) fn part_text(tree: &Tree<'_>, part: &Part) -> String {
+    let bytes = decode_body(tree, part);
+    match part
+        .ctype
+        .param("charset")
+        .and_then(|c| mail_parser::decoders::charsets::map::charset_decoder(c.as_bytes()))
+    {
+        Some(decoder) => decoder(&bytes),
+        None => String::from_utf8_lossy(&bytes).into_owned(),
     }
 }
 
@@ -166,13 +180,7 @@ impl<'a> SearchMessage<'a> {
                 if !matches!(part.kind, Kind::Leaf) || part.ctype.ty != "text" {
                     continue;
                 }
-                let bytes = decode_body(tree, part);
-                let decoded = match part.ctype.param("charset").and_then(|c| {
-                    mail_parser::decoders::charsets::map::charset_decoder(c.as_bytes())
-                }) {
-                    Some(decoder) => decoder(&bytes),
-                    None => String::from_utf8_lossy(&bytes).into_owned(),
-                };
+                let decoded = part_text(tree, part);
                 if !text.is_empty() {
                     text.push('\n');
                 }

@@ -1,0 +1,241 @@
+//! The AUTHORIZATION state: USER/PASS (RFC 1939 7) and AUTH PLAIN (RFC 5034, RFC 4616),
+//! with RFC 3206 response codes.
+//!
+//! Passwords are checked by `AuthLimiter` (argon2 + failure throttling) on a blocking
+//! thread. Without TLS no password is accepted and USER is refused too (`-ERR [AUTH]`), so
+//! a client never sends the password in the clear, unless the TLS login policy
+//! (`store::LoginGate`, or `allow_plaintext_auth` without one) allows it; a plaintext
+//! login that succeeds is reported to the policy.
+
+use base64::Engine as _;
+use store::Op;
+use store::directory::AuthOutcome;
+use tokio::io::{AsyncRead, AsyncWrite};
+
+use crate::command::Line;
+use crate::maildrop::Maildrop;
+use crate::session::{
+    AUTH_FAILURES_MAX, Conn, Flow, SASL_LINE_BYTES_MAX, Session, SessionError, State, Transaction,
+};
+
+impl Session {
+    fn tls_required(&self) -> String {
+        let hint = store::gate::hint_suffix(self.plaintext_refusal());
+        format!(
+            "[AUTH] Authentication requires TLS; use STLS or port {}{hint}",
+            self.server.config.implicit_tls_port
+        )
+    }
+
+    pub(crate) fn cmd_user<S: AsyncRead + AsyncWrite + Unpin>(
+        &mut self,
+        conn: &mut Conn<S>,
+        name: String,
+    ) -> Flow {
+        if !self.login_allowed() {
+            conn.err(&self.tls_required());
+            return Flow::Continue;
+        }
+        // Says nothing about whether the account exists.
+        self.state = State::Authorization { user: Some(name) };
+        conn.ok("Send your password");
+        Flow::Continue
+    }
+
+    pub(crate) async fn cmd_pass<S: AsyncRead + AsyncWrite + Unpin>(
+        &mut self,
+        conn: &mut Conn<S>,
+        pass: Vec<u8>,
+    ) -> Flow {
+        if !self.login_allowed() {
+            conn.err(&self.tls_required());
+            return Flow::Continue;
+        }
+        let user = match &mut self.state {
+            State::Authorization { user } => user.take(),
+            _ => None,
+        };
+        let Some(user) = user else {
+            return self.bad(conn, "Send USER first");
+        };
+        self.login(conn, &user, &pass).await
+    }
+
+    pub(crate) async fn cmd_auth<S: AsyncRead + AsyncWrite + Unpin>(
+        &mut self,
+        conn: &mut Conn<S>,
+        mechanism: Option<String>,
+        initial: Option<Vec<u8>>,
+    ) -> Result<Flow, SessionError> {
+        let Some(mechanism) = mechanism else {
+            // The mechanism list some older clients ask for with a bare AUTH.
+            conn.ok("Mechanisms follow");
+            if self.login_allowed() {
+                conn.out.extend_from_slice(b"PLAIN\r\n");
+            }
+            conn.out.extend_from_slice(b".\r\n");
+            return Ok(Flow::Continue);
+        };
+        if mechanism != "PLAIN" {
+            conn.err(&format!("Unsupported mechanism {mechanism}; use PLAIN"));
+            return Ok(Flow::Continue);
+        }
+        if !self.login_allowed() {
+            conn.err(&self.tls_required());
+            return Ok(Flow::Continue);
+        }
+        self.state = State::Authorization { user: None };
+        let response = match initial {
+            Some(r) => r,
+            None => {
+                // RFC 5034 4: an empty challenge is "+ " CRLF.
+                conn.out.extend_from_slice(b"+ \r\n");
+                match conn
+                    .read_line(SASL_LINE_BYTES_MAX, self.server.config.idle_timeout)
+                    .await?
+                {
+                    Line::Complete(l) => l,
+                    Line::TooLong => {
+                        conn.err("Authentication response too long");
+                        return Ok(Flow::Continue);
+                    }
+                }
+            }
+        };
+        let (authc, pass) = match decode_plain(&response) {
+            Ok(v) => v,
+            Err(text) => {
+                conn.err(text);
+                return Ok(Flow::Continue);
+            }
+        };
+        Ok(self.login(conn, &authc, &pass).await)
+    }
+
+    /// Checks the password, then opens the maildrop: the TRANSACTION state.
+    async fn login<S: AsyncRead + AsyncWrite + Unpin>(
+        &mut self,
+        conn: &mut Conn<S>,
+        user: &str,
+        pass: &[u8],
+    ) -> Flow {
+        let (dir, limiter, ip) = (
+            self.server.directory.clone(),
+            self.server.limiter.clone(),
+            self.peer.ip(),
+        );
+        let (user_c, pass) = (user.to_string(), pass.to_vec());
+        let outcome =
+            tokio::task::spawn_blocking(move || limiter.authenticate(&dir, &user_c, &pass, ip))
+                .await;
+        let refused = match outcome {
+            Ok(Ok(AuthOutcome::Ok(a))) => Ok(a),
+            Ok(Ok(AuthOutcome::Failed)) => Err("[AUTH] Invalid credentials".to_string()),
+            Ok(Ok(AuthOutcome::Throttled(d))) => Err(format!(
+                "[SYS/TEMP] Too many failed logins; try again in {} s",
+                d.as_secs().max(1)
+            )),
+            Ok(Err(_)) | Err(_) => {
+                conn.err("[SYS/TEMP] The account directory cannot be read; try again later");
+                return Flow::Continue;
+            }
+        };
+        let account = match refused {
+            Ok(a) => a,
+            Err(text) => {
+                self.auth_failures += 1;
+                if self.auth_failures >= AUTH_FAILURES_MAX {
+                    conn.err(&format!(
+                        "{text}; too many failed logins on this connection, closing it"
+                    ));
+                    return Flow::Close;
+                }
+                conn.err(&text);
+                return Flow::Continue;
+            }
+        };
+        let Some(slot) = self.server.slots.get(&account.slot).cloned() else {
+            conn.err(
+                "[SYS/TEMP] Your mailbox is not served by this host right now; try again later",
+            );
+            return Flow::Continue;
+        };
+        let name = account.address.clone();
+        if let Err(e) = slot
+            .execute_async(Op::EnsureUser { user: name.clone() })
+            .await
+        {
+            conn.err(&crate::transaction::store_error_text(&e));
+            return Flow::Continue;
+        }
+        let drop = match Maildrop::load(&slot.view(), &name) {
+            Ok(Some(d)) => d,
+            Ok(None) => {
+                conn.err("[SYS/TEMP] Your INBOX cannot be found; try again later");
+                return Flow::Continue;
+            }
+            Err(e) => {
+                conn.err(&crate::transaction::store_error_text(&e));
+                return Flow::Continue;
+            }
+        };
+        if !self.tls
+            && let Some(g) = self.server.gate.get()
+        {
+            g.insecure_login("pop3", &name, self.peer.ip(), "");
+        }
+        let (count, octets) = drop.stat();
+        self.state = State::Transaction(Box::new(Transaction { name, slot, drop }));
+        conn.ok(&format!("Logged in; {count} messages ({octets} octets)"));
+        Flow::Continue
+    }
+}
+
+/// A PLAIN response (RFC 4616: `[authzid] NUL authcid NUL passwd`, base64; `=` is empty,
+/// `*` cancels): the user and password, or the `-ERR` text.
+fn decode_plain(response: &[u8]) -> Result<(String, Vec<u8>), &'static str> {
+    if response == b"*" {
+        return Err("Authentication cancelled");
+    }
+    let decoded = if response == b"=" {
+        Vec::new()
+    } else {
+        base64::engine::general_purpose::STANDARD
+            .decode(response)
+            .map_err(|_| "Authentication response is not valid base64")?
+    };
+    let mut parts = decoded.split(|&b| b == 0);
+    let (Some(authz), Some(authc), Some(pass), None) =
+        (parts.next(), parts.next(), parts.next(), parts.next())
+    else {
+        return Err("Malformed PLAIN response");
+    };
+    let authc = std::str::from_utf8(authc).map_err(|_| "[AUTH] Invalid credentials")?;
+    if !authz.is_empty() && !authz.eq_ignore_ascii_case(authc.as_bytes()) {
+        return Err("[AUTH] Acting as another user is not allowed");
+    }
+    Ok((authc.to_string(), pass.to_vec()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn plain_responses() {
+        let b64 = |s: &[u8]| base64::engine::general_purpose::STANDARD.encode(s);
+        assert_eq!(
+            decode_plain(b64(b"\0bob@x.org\0pw d").as_bytes()),
+            Ok(("bob@x.org".into(), b"pw d".to_vec()))
+        );
+        assert_eq!(
+            decode_plain(b64(b"BOB@x.org\0bob@x.org\0pw").as_bytes()),
+            Ok(("bob@x.org".into(), b"pw".to_vec()))
+        );
+        assert!(decode_plain(b64(b"eve@x.org\0bob@x.org\0pw").as_bytes()).is_err());
+        assert!(decode_plain(b"*").is_err());
+        assert!(decode_plain(b"=").is_err());
+        assert!(decode_plain(b"!!!").is_err());
+        assert!(decode_plain(b64(b"\0a\0b\0c").as_bytes()).is_err());
+    }
+}
