@@ -556,6 +556,9 @@ class SmtpSink:
                 conn, _ = self.sock.accept()
             except OSError:
                 return
+            if self.closed:
+                conn.close()
+                return
             with self.lock:
                 self.connections += 1
             threading.Thread(target=self._session, args=(conn,), daemon=True).start()
@@ -630,10 +633,18 @@ class SmtpSink:
 
     def close(self) -> None:
         self.closed = True
+        # close() alone does not wake a thread blocked in accept(): the socket would keep
+        # listening and answer one more connection with this sink's policy. shutdown()
+        # wakes it (EINVAL), then the thread is joined so the port is really released.
+        try:
+            self.sock.shutdown(socket.SHUT_RDWR)
+        except OSError:
+            pass
         try:
             self.sock.close()
         except OSError:
             pass
+        self.thread.join(5)
 
     def __enter__(self) -> "SmtpSink":
         return self
