@@ -1275,10 +1275,34 @@ class Cluster:
         for n in names or tuple(self.servers):
             self.servers[n].start()
 
+    def shared_state(self) -> bool:
+        """The hosts follow a cluster state (`[cluster] state = ...`), which holds the
+        account directory; each host mirrors it into its own `directory` file."""
+        return any("\nstate = " in s.extra_toml for s in self.servers.values())
+
     def add_user(self, address: str, password: str) -> None:
-        """On every host (each host has its own account directory until cluster state)."""
-        for s in self.servers.values():
-            s.add_user(address, password)
+        """With a cluster state: once, then wait until every running host mirrored it.
+        Without: on every host (each host has its own account directory)."""
+        if not self.shared_state():
+            for s in self.servers.values():
+                s.add_user(address, password)
+            return
+        next(iter(self.servers.values())).add_user(address, password)
+        needle = f'"address":"{address.lower()}"'
+
+        def mirrored() -> bool:
+            for s in self.servers.values():
+                if s.proc is None or s.proc.poll() is not None:
+                    continue
+                try:
+                    if needle not in (s.data / "directory").read_text(errors="replace"):
+                        return False
+                except OSError:
+                    return False
+            return True
+
+        if not wait_until(mirrored, 15.0, interval=0.05):
+            raise ServerError(f"{address} did not reach every host's directory within 15 s")
 
     def status(self, name: str) -> list[dict]:
         r = self._cli_ok(self.servers[name], "status", "--json")
@@ -1318,6 +1342,103 @@ class Cluster:
         shutil.rmtree(self.tmp, ignore_errors=True)
 
     def __enter__(self) -> "Cluster":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+# --------------------------------------------------------------------------------------
+# etcd (the cluster-state backend of multi-machine clusters)
+
+ETCD_START_TIMEOUT_S = 30.0
+
+
+def _tandem_has_etcd() -> bool:
+    """Whether the tandem binary was built with the `etcd` feature (asked, not guessed: a
+    build without it says so when pointed at an etcd state)."""
+    d = Path(tempfile.mkdtemp(prefix="tandem-e2e-probe-"))
+    try:
+        (d / "tandem.toml").write_text('[cluster]\nstate = "etcd://127.0.0.1:1/probe"\n')
+        r = subprocess.run([tandem_bin(), "--data", str(d), "cluster", "state"],
+                           capture_output=True, timeout=CLI_TIMEOUT_S)
+        return b"built without etcd support" not in r.stdout + r.stderr
+    finally:
+        shutil.rmtree(d, ignore_errors=True)
+
+
+def etcd_missing() -> str | None:
+    """None when an `etcd` binary (Debian etcd-server) is there and tandem was built with
+    the `etcd` feature, else why not. With TANDEM_REQUIRE_ETCD=1 either is an error, not a
+    reason to skip."""
+    why = None
+    if not shutil.which("etcd"):
+        why = "no etcd binary: apt-get install etcd-server"
+    elif not _tandem_has_etcd():
+        why = f"{tandem_bin()} was built without etcd: cargo build -p tandem --features etcd"
+    if why and os.environ.get("TANDEM_REQUIRE_ETCD") == "1":
+        raise ServerError(f"TANDEM_REQUIRE_ETCD=1 but {why}")
+    return why
+
+
+class Etcd:
+    """A throwaway single-member etcd on free 127.0.0.1 ports, its data in a temp dir;
+    `close()` kills it and removes the dir. `spec(prefix)` is a `[cluster] state` value:
+    several clusters can share one etcd under different prefixes."""
+
+    def __init__(self):
+        self.tmp = Path(tempfile.mkdtemp(prefix="tandem-e2e-etcd-"))
+        self.client_port, self.peer_port = free_port(), free_port()
+        self.endpoint = f"{HOST}:{self.client_port}"
+        self._log = open(self.tmp / "etcd.log", "ab")
+        peer = f"http://{HOST}:{self.peer_port}"
+        old_mask = signal.pthread_sigmask(signal.SIG_BLOCK, _RUNNER_SIGNALS)
+        try:
+            self.proc = subprocess.Popen(
+                ["etcd", "--name", "e2e", "--data-dir", str(self.tmp / "data"),
+                 f"--listen-client-urls=http://{self.endpoint}",
+                 f"--advertise-client-urls=http://{self.endpoint}",
+                 f"--listen-peer-urls={peer}", f"--initial-advertise-peer-urls={peer}",
+                 f"--initial-cluster=e2e={peer}"],
+                stdin=subprocess.DEVNULL, stdout=self._log, stderr=subprocess.STDOUT,
+                start_new_session=True, preexec_fn=_die_with_parent,
+            )
+        finally:
+            signal.pthread_sigmask(signal.SIG_SETMASK, old_mask)
+        try:
+            if not wait_until(self.healthy, ETCD_START_TIMEOUT_S, interval=0.1):
+                raise ServerError(f"etcd did not become healthy in {ETCD_START_TIMEOUT_S}s:\n"
+                                  + (self.tmp / "etcd.log").read_text(errors="replace")[-2000:])
+        except BaseException:
+            self.close()
+            raise
+
+    def healthy(self) -> bool:
+        if self.proc.poll() is not None:
+            raise ServerError(f"etcd exited with {self.proc.returncode}:\n"
+                              + (self.tmp / "etcd.log").read_text(errors="replace")[-2000:])
+        try:
+            import urllib.request
+
+            with urllib.request.urlopen(f"http://{self.endpoint}/health", timeout=1) as r:
+                return json.loads(r.read()).get("health") == "true"
+        except (OSError, ValueError):
+            return False
+
+    def spec(self, prefix: str) -> str:
+        return f"etcd://{self.endpoint}/{prefix}"
+
+    def close(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait(10)
+        self._log.close()
+        if os.environ.get("TANDEM_E2E_KEEP") == "1":
+            print(f"\n[e2e] kept {self.tmp}")
+        else:
+            shutil.rmtree(self.tmp, ignore_errors=True)
+
+    def __enter__(self) -> "Etcd":
         return self
 
     def __exit__(self, *exc) -> None:

@@ -3,21 +3,25 @@ and 9): `tandem fo SLOT --to`, `fo -a`, `fo -m`, `fo -K` under continuous LMTP d
 IMAP reading lose no acknowledged message and never reuse a UID, leave the replicas equal
 to the master; a frozen (SIGSTOP) master acknowledges nothing after it wakes.
 
-Hosts share an embedded cluster state directory (`[cluster] state = ...`); the test reads
-who masters s1 from that file (`state.json`, line 2) and sends its clients there."""
+Every failover test runs on both cluster-state backends: `FailoverEmbeddedTest` (hosts share
+an embedded state directory) and `FailoverEtcdTest` (a throwaway etcd on loopback, each
+cluster under its own key prefix; skipped without an etcd binary unless
+TANDEM_REQUIRE_ETCD=1). The tests read who masters s1 with `tandem cluster state --json`,
+which works on either backend, and send their clients there."""
 
 from __future__ import annotations
 
 import json
 import os
 import re
+import secrets
 import signal
 import smtplib
 import threading
 import time
 import unittest
 
-from harness import DOMAIN, Cluster, MessageFactory, fetch_bodies, select, wait_until
+from harness import DOMAIN, Cluster, Etcd, MessageFactory, etcd_missing, fetch_bodies, select, wait_until
 
 SEED = int(os.environ.get("TANDEM_E2E_SEED", "6161"))
 PW = "pw-Fo-1"
@@ -29,23 +33,49 @@ def slots(home: str, replicas: list[str]) -> str:
 
 
 class StateCluster(Cluster):
-    """A `Cluster` whose hosts follow one embedded cluster state."""
+    """A `Cluster` whose hosts follow one cluster state: an embedded state directory, or
+    `state` (e.g. an `etcd://` spec) when given."""
 
-    def __init__(self, hosts: list[str], slots_toml: str, lease_ttl_ms: int = 2000):
+    # How long a read of the state is reused: the load threads ask before every message.
+    STATE_CACHE_S = 0.1
+
+    def __init__(self, hosts: list[str], slots_toml: str, lease_ttl_ms: int = 2000,
+                 state: str | None = None):
         super().__init__(hosts, slots_toml)
-        self.state_dir = self.tmp / "state"
+        self.state_spec = state or str(self.tmp / "state")
         for s in self.servers.values():
-            s.extra_toml += f'state = "{self.state_dir}"\nlease_ttl_ms = {lease_ttl_ms}\n'
+            s.extra_toml += f'state = "{self.state_spec}"\nlease_ttl_ms = {lease_ttl_ms}\n'
             s.write_config()
+        self._cache: tuple[float, dict] = (0.0, {})
+        self._cache_lock = threading.Lock()
 
     def state(self) -> dict:
-        try:
-            return json.loads((self.state_dir / "state.json").read_text().split("\n")[1])
-        except (OSError, IndexError, ValueError):
-            return {}
+        """The state as `tandem cluster state --json` prints it ({} when it cannot be read)."""
+        for srv in self.servers.values():  # any host's config names the state; none need run
+            try:
+                r = srv.cli("cluster", "state", "--json", timeout=15)
+            except Exception:
+                continue
+            if r.returncode == 0:
+                try:
+                    return json.loads(r.stdout)
+                except ValueError:
+                    return {}
+        return {}
 
-    def master(self, slot: str = "s1") -> tuple[str, int]:
-        s = self.state().get("slots", {}).get(slot, {})
+    def cached_state(self) -> dict:
+        with self._cache_lock:
+            at, st = self._cache
+            if time.monotonic() - at < self.STATE_CACHE_S:
+                return st
+        st = self.state()
+        with self._cache_lock:
+            self._cache = (time.monotonic(), st)
+        return st
+
+    def master(self, slot: str = "s1", fresh: bool = True) -> tuple[str, int]:
+        st = self.state() if fresh else self.cached_state()
+        s = st.get("slots", {}).get(slot, {})
         return s.get("master", ""), s.get("epoch", 0)
 
     def fo(self, via: str, *args: str):
@@ -66,7 +96,16 @@ def message_id(msg: bytes) -> bytes:
     return mm.group(1)
 
 
-class FailoverTest(unittest.TestCase):
+class FailoverTests:
+    """The failover tests, run once per backend by the `unittest.TestCase` subclasses
+    below: each names its backend with `cluster()` and how many clean switchovers the big
+    test repeats (`ROUNDS`, ending on b)."""
+
+    ROUNDS = ["c", "a", "c", "b"]
+
+    def cluster(self, hosts: list[str], slots_toml: str) -> StateCluster:
+        raise NotImplementedError
+
     def run_fo(self, c: StateCluster, via: str, *args: str) -> str:
         t = time.monotonic()
         r = c.fo(via, *args)
@@ -82,7 +121,7 @@ class FailoverTest(unittest.TestCase):
     def test_repeated_failovers_under_load_lose_nothing_and_reuse_no_uid(self):
         factory = MessageFactory(seed=SEED)
         user = f"fo@{DOMAIN}"
-        with StateCluster(["a", "b", "c"], slots("a", ["b", "c"])) as c:
+        with self.cluster(["a", "b", "c"], slots("a", ["b", "c"])) as c:
             c.start()
             c.add_user(user, PW)
             self.assertTrue(wait_until(lambda: c.serving("a"), 20), c.status("a"))
@@ -97,7 +136,7 @@ class FailoverTest(unittest.TestCase):
             def deliverer() -> None:
                 i = 0
                 while not stop.is_set():
-                    host, _ = c.master()
+                    host, _ = c.master(fresh=False)
                     if paused.is_set() or host not in c.servers or not c.servers[host].running():
                         time.sleep(0.05)
                         continue
@@ -114,7 +153,7 @@ class FailoverTest(unittest.TestCase):
 
             def reader() -> None:
                 while not stop.is_set():
-                    host, _ = c.master()
+                    host, _ = c.master(fresh=False)
                     try:
                         m = c[host].imaps(user, PW, timeout=10)
                         for _ in range(5):
@@ -150,7 +189,7 @@ class FailoverTest(unittest.TestCase):
                 self.run_fo(c, "a", "s1", "--to", "b")
                 settle("b")
                 self.assertIn("nothing to do", self.run_fo(c, "a", "s1", "--to", "b"))
-                for to in ["c", "a", "c", "b"]:  # repeated clean switchovers, any direction
+                for to in self.ROUNDS:  # repeated clean switchovers, any direction
                     self.run_fo(c, "b", "s1", "--to", to)
                     settle(to)
                 self.run_fo(c, "c", "-a", "b")  # everything off b: to its first live copy
@@ -161,9 +200,11 @@ class FailoverTest(unittest.TestCase):
                 self.run_fo(c, "a", "-m")  # home is a: move it back
                 settle("a")
                 self.assertIn("nothing to do", self.run_fo(c, "a", "-m"))
-                # The dead master's last writes may not have reached every replica
-                # (async durability; fo -K does not yet rank replicas by how current
-                # they are): quiesce delivery, let both catch up, then kill.
+                # Async durability: the dead master's last acknowledged writes may be on
+                # no replica at all (they come back with new UIDs when it rejoins, which a
+                # client that saw their old UIDs would take for a reused UID): quiesce
+                # delivery, let both catch up, then kill. (Which copy fo -K promotes when
+                # they differ: test_fo_K_promotes_the_most_current_live_copy.)
                 paused.set()
                 time.sleep(0.3)
                 c.wait_synced("a")
@@ -204,6 +245,8 @@ class FailoverTest(unittest.TestCase):
                     self.assertEqual(seen_uids[uid], mid, f"UID {uid} names two messages")
             r = c.verify(master)
             self.assertEqual(r.returncode, 0, r.stdout + r.stderr)
+            for other in set(c.servers) - {master}:  # every replica compared, none differs
+                self.assertIn(f"s1 vs {other}: ".encode(), r.stdout)
             if os.environ.get("FO_DEBUG"):
                 print(f"acked {len(acked)}, stored {len(have)}, uids seen {len(seen_uids)}, "
                       f"master {c.master()}, verify: {r.stdout.decode().strip()}")
@@ -212,12 +255,13 @@ class FailoverTest(unittest.TestCase):
                 print(marks)
             kinds = {e.get("kind") for e in c["b"].events()}
             self.assertIn("failover", kinds)
-            self.assertEqual(c.master()[1], 10, "one epoch per promotion")
+            # fo b, the rounds, -a b, -a, -m, -K: one epoch each, from epoch 1.
+            self.assertEqual(c.master()[1], 1 + 1 + len(self.ROUNDS) + 4, "one epoch per promotion")
 
     def test_a_frozen_master_acknowledges_nothing_after_it_wakes(self):
         factory = MessageFactory(seed=SEED + 1)
         user = f"frozen@{DOMAIN}"
-        with StateCluster(["a", "b"], slots("a", ["b"])) as c:
+        with self.cluster(["a", "b"], slots("a", ["b"])) as c:
             c.start()
             c.add_user(user, PW)
             self.assertTrue(wait_until(lambda: c.serving("a"), 20))
@@ -251,20 +295,28 @@ class FailoverTest(unittest.TestCase):
             self.assertNotEqual(code2, 250, "the old master took a new delivery")
             self.assertIn("nothing to do", self.run_fo(c, "b", "-K", "a"))
 
-    def test_cluster_check_names_the_line_and_the_fix(self):
-        with StateCluster(["a", "b"], slots("a", ["b"]) + '[slots.s2]\nhome = "zz"\n') as c:
-            r = c["a"].cli("cluster", "check", str(c.config_path))
+    def test_cluster_state_shows_slots_and_leases_but_no_accounts(self):
+        user = f"state@{DOMAIN}"
+        with self.cluster(["a", "b"], slots("a", ["b"])) as c:
+            c.start("a")
+            self.assertTrue(wait_until(lambda: c.serving("a"), 20))
+            c.add_user(user, PW)
+            st = c.state()
+            self.assertEqual(st["slots"]["s1"], {"master": "a", "epoch": 1})
+            self.assertTrue(st["hosts"]["a"]["alive"], st)
+            self.assertNotIn("b", st["hosts"], "b never started")
+            self.assertNotIn(user, json.dumps(st), "the account directory is not part of it")
+            r = c["b"].cli("cluster", "state")  # any host's config reads it; b is not running
             out = r.stdout.decode()
-            self.assertEqual(r.returncode, 1, out)
-            self.assertRegex(out, r"cluster.toml:\d+ error: \[slots.s2\] names host \"zz\"")
-            self.assertIn("fix: use one of", out)
-            c.write_cluster(slots("a", ["b"]))
-            r = c["a"].cli("cluster", "check")
-            self.assertEqual(r.returncode, 0, r.stdout + r.stderr)
-            self.assertIn("ok: 2 hosts in 2 datacentres, 1 slots", r.stdout.decode())
+            self.assertEqual(r.returncode, 0, out + r.stderr.decode())
+            self.assertIn("slot s1 master a epoch 1", out)
+            self.assertRegex(out, r"host a alive \(\d+ ms left\)")
+            c["a"].stop()
+            self.assertTrue(wait_until(lambda: not c.state()["hosts"]["a"]["alive"], 10, interval=0.2),
+                            "a's lease outlived it")
 
     def test_srv_all_stop_and_start_are_idempotent(self):
-        with StateCluster(["a", "b"], slots("a", ["b"])) as c:
+        with self.cluster(["a", "b"], slots("a", ["b"])) as c:
             c.start("a")
             self.assertTrue(wait_until(lambda: c.serving("a"), 20))
             r = c["a"].cli("srv", "all", "status")
@@ -283,6 +335,165 @@ class FailoverTest(unittest.TestCase):
                 self.assertTrue(c.serving("a"))
             finally:
                 self.assertEqual(c["a"].cli("srv", "all", "stop").returncode, 0)
+
+    def test_fo_K_promotes_the_most_current_live_copy(self):
+        """c comes first in config order but misses the dead master's last messages; b has
+        them: `fo -K` must promote b, and c then catches up from b."""
+        factory = MessageFactory(seed=SEED + 7)
+        user = f"current@{DOMAIN}"
+        with self.cluster(["a", "b", "c"], slots("a", ["c", "b"])) as c:
+            c.start()
+            c.add_user(user, PW)
+            self.assertTrue(wait_until(lambda: c.serving("a"), 20), c.status("a"))
+            c.wait_synced("a")
+            c["c"].kill()
+            msgs = [factory.message(i, to=user) for i in range(15)]
+            c["a"].deliver_many(user, msgs)
+
+            def b_has_everything() -> bool:
+                try:
+                    st = [s for s in c.status("a") if s["slot"] == "s1"][0]
+                except Exception:
+                    return False
+                return any(r["host"] == "b" and r["connected"] and r["lag_changes"] == 0
+                           and r["progress"] is None for r in st["replicas"])
+
+            self.assertTrue(wait_until(b_has_everything, 30), c.status("a"))
+            c["a"].kill()
+            c.start("c")  # alive, but behind: its master is dead, nobody feeds it
+            out = self.run_fo(c, "c", "-K", "a")
+            self.assertIn("b promoted", out)
+            self.assertIn("most current", out)
+            self.assertEqual(c.master()[0], "b")
+            self.assertTrue(wait_until(lambda: c.serving("b"), 20), c.status("b"))
+            m = c["b"].imaps(user, PW)
+            select(m, "INBOX", readonly=True)
+            have = {message_id(b) for b in fetch_bodies(m).values()}
+            m.logout()
+            self.assertEqual(have, {message_id(x) for x in msgs})
+
+            def c_caught_up() -> bool:
+                try:
+                    st = [s for s in c.status("b") if s["slot"] == "s1"][0]
+                except Exception:
+                    return False
+                return any(r["host"] == "c" and r["connected"] and r["lag_changes"] == 0
+                           and r["progress"] is None and r["last_sync_unix"] for r in st["replicas"])
+
+            self.assertTrue(wait_until(c_caught_up, 60), c.status("b"))  # a still dead
+            c.start("a")  # the old master rejoins as a replica
+            c.wait_synced("b", timeout=60)
+            r = c.verify("b")
+            self.assertEqual(r.returncode, 0, r.stdout + r.stderr)
+
+    def test_the_account_directory_lives_in_the_cluster_state(self):
+        addr, new_pw = f"dir@{DOMAIN}", "pw-Dir-2"
+        with self.cluster(["a", "b"], slots("a", ["b"])) as c:
+            c.start()
+            c.add_user(addr, PW)  # once, on a; the harness waits until b mirrored it
+            self.assertTrue(wait_until(lambda: c.serving("a"), 20), c.status("a"))
+            listed = c["b"].cli("user", "list")
+            self.assertIn(f"{addr}  (slot s1)", listed.stdout.decode())
+            again = c["b"].cli("user", "add", addr, "--password-stdin", input="x\n")
+            self.assertNotEqual(again.returncode, 0)
+            self.assertIn("already exists", again.stderr.decode())
+            # A password changed on b is the one a checks, within a moment.
+            r = c["b"].cli("user", "passwd", addr, "--password-stdin", input=new_pw + "\n")
+            self.assertEqual(r.returncode, 0, r.stderr)
+
+            def logs_in(pw: str) -> bool:
+                try:
+                    c["a"].imaps(addr, pw, timeout=5).logout()
+                    return True
+                except Exception:
+                    return False
+
+            self.assertTrue(wait_until(lambda: logs_in(new_pw), 10))
+            self.assertFalse(logs_in(PW))
+            # The data is deleted where the slot's master is; elsewhere it says where.
+            r = c["b"].cli("user", "del", addr, "--purge")
+            self.assertNotEqual(r.returncode, 0)
+            self.assertIn("run this on a", r.stderr.decode())
+            r = c["a"].cli("user", "del", addr, "--purge")
+            self.assertEqual(r.returncode, 0, r.stderr)
+            self.assertTrue(wait_until(lambda: addr not in c["b"].cli("user", "list").stdout.decode(), 10))
+            self.assertTrue(wait_until(
+                lambda: addr not in (c["b"].data / "directory").read_text(errors="replace"), 10))
+
+class FailoverEmbeddedTest(FailoverTests, unittest.TestCase):
+    """The hosts share an embedded cluster state directory."""
+
+    def cluster(self, hosts: list[str], slots_toml: str) -> StateCluster:
+        return StateCluster(hosts, slots_toml)
+
+
+class FailoverEtcdTest(FailoverTests, unittest.TestCase):
+    """The hosts share one etcd (started for this class), each cluster under its own key
+    prefix."""
+
+    etcd: Etcd | None = None
+
+    @classmethod
+    def setUpClass(cls):
+        why = etcd_missing()
+        if why:
+            raise unittest.SkipTest(why)
+        cls.etcd = Etcd()
+
+    @classmethod
+    def tearDownClass(cls):
+        if cls.etcd is not None:
+            cls.etcd.close()
+            cls.etcd = None
+
+    def cluster(self, hosts: list[str], slots_toml: str) -> StateCluster:
+        assert self.etcd is not None
+        prefix = f"tandem-test-{secrets.token_hex(4)}"
+        return StateCluster(hosts, slots_toml, state=self.etcd.spec(prefix))
+
+    def test_a_master_cut_off_from_etcd_acknowledges_nothing_until_it_is_back(self):
+        factory = MessageFactory(seed=SEED + 2)
+        user = f"cutoff@{DOMAIN}"
+
+        def acked(i: int) -> bool:
+            try:
+                return c["a"].deliver(user, factory.message(i, to=user)).all_delivered()
+            except (smtplib.SMTPException, OSError):
+                return False
+
+        with Etcd() as own:  # its own etcd: this test freezes it
+            with StateCluster(["a", "b"], slots("a", ["b"]), state=own.spec("cutoff")) as c:
+                c.start()
+                c.add_user(user, PW)
+                self.assertTrue(wait_until(lambda: c.serving("a"), 20))
+                self.assertTrue(acked(0))
+                os.kill(own.proc.pid, signal.SIGSTOP)  # etcd answers nothing now
+                try:
+                    time.sleep(2.0)  # the whole lease (2 s): a must have fenced itself
+                    r = c["a"].deliver(user, factory.message(1, to=user))
+                    self.assertFalse(r.all_delivered(), "a master cut off from etcd acknowledged a delivery")
+                    # Refused for now (4xx: the sender retries), not rejected.
+                    codes = [code for code, _ in list(r.rcpt.values()) + list(r.data.values())]
+                    self.assertTrue(any(400 <= code < 500 for code in codes), (r.rcpt, r.data))
+                finally:
+                    os.kill(own.proc.pid, signal.SIGCONT)
+                # etcd is back: a renews its lease and serves again, still at epoch 1.
+                self.assertTrue(wait_until(lambda: acked(2), 20, interval=0.5), c["a"].log_tail(20))
+                self.assertEqual(c.master(), ("a", 1))
+
+
+class ClusterCheckTest(unittest.TestCase):
+    def test_cluster_check_names_the_line_and_the_fix(self):
+        with StateCluster(["a", "b"], slots("a", ["b"]) + '[slots.s2]\nhome = "zz"\n') as c:
+            r = c["a"].cli("cluster", "check", str(c.config_path))
+            out = r.stdout.decode()
+            self.assertEqual(r.returncode, 1, out)
+            self.assertRegex(out, r"cluster.toml:\d+ error: \[slots.s2\] names host \"zz\"")
+            self.assertIn("fix: use one of", out)
+            c.write_cluster(slots("a", ["b"]))
+            r = c["a"].cli("cluster", "check")
+            self.assertEqual(r.returncode, 0, r.stdout + r.stderr)
+            self.assertIn("ok: 2 hosts in 2 datacentres, 1 slots", r.stdout.decode())
 
 
 if __name__ == "__main__":

@@ -29,12 +29,15 @@ pub enum Action {
         epoch: u64,
     },
     /// The master is dead (or being killed): promote `to` by compare-epoch once the old
-    /// master's lease has expired.
+    /// master's lease has expired. `auto`: `to` was not named by the operator, so the
+    /// run may promote a more current live copy instead (the positions the copies publish
+    /// once the master's lease is gone decide).
     Promote {
         slot: String,
         from: String,
         to: String,
         epoch: u64,
+        auto: bool,
     },
     /// Nothing to do for this slot (already where it should be).
     Nothing { slot: String, why: String },
@@ -71,9 +74,11 @@ impl Action {
                 from,
                 to,
                 epoch,
+                auto,
             } => {
                 format!(
-                    "{slot}: {from} dead, promote {to} (epoch {epoch} -> {})",
+                    "{slot}: {from} dead, promote {}{to} (epoch {epoch} -> {})",
+                    if *auto { "the most current of " } else { "" },
                     epoch + 1
                 )
             }
@@ -151,6 +156,7 @@ fn step(
             from,
             to: target,
             epoch,
+            auto: to.is_none(),
         }
     } else {
         Action::Move {
@@ -160,6 +166,44 @@ fn step(
             epoch,
         }
     }
+}
+
+/// The most current of `slot`'s live copies other than `from`, by the positions they
+/// published at or after `after_ms` (highest epoch, then highest score; ties go to the
+/// earlier copy in config order). `None` until at least one live copy published.
+/// The bool is true when every live copy has published (so waiting longer changes
+/// nothing).
+pub fn most_current(
+    cfg: &ClusterConfig,
+    snap: &Snapshot,
+    slot: &str,
+    from: &str,
+    after_ms: u64,
+    now_ms: u64,
+) -> (Option<String>, bool) {
+    let Some(sc) = cfg.slots.get(slot) else {
+        return (None, true);
+    };
+    let published = snap.positions.get(slot);
+    let mut best: Option<(&str, u64, u64)> = None;
+    let mut all = true;
+    for h in sc.copies() {
+        if h == from || !snap.alive(h, now_ms) {
+            continue;
+        }
+        match published
+            .and_then(|p| p.get(h))
+            .filter(|p| p.at_unix_ms >= after_ms)
+        {
+            Some(p) => {
+                if best.is_none_or(|(_, e, s)| (p.epoch, p.score) > (e, s)) {
+                    best = Some((h, p.epoch, p.score));
+                }
+            }
+            None => all = false,
+        }
+    }
+    (best.map(|b| b.0.to_string()), all)
 }
 
 /// What `tandem fo` would do now. Every slot concerned gets exactly one action.
@@ -298,7 +342,8 @@ replicas = ["c"]
                 slot: "s1".into(),
                 from: "a".into(),
                 to: "c".into(),
-                epoch: 4
+                epoch: 4,
+                auto: true,
             }]
         );
         // After it, a second run finds nothing mastered on a.
@@ -356,5 +401,50 @@ replicas = ["c"]
         let s = snap(&[("s2", "b", 1)], &["c"]);
         let p = plan(&c, &s, &Mode::All { host: "b".into() }, NOW);
         assert!(matches!(&p[..], [Action::Promote { to, .. }] if to == "c"));
+    }
+
+    #[test]
+    fn the_most_current_live_copy_wins_once_positions_are_published() {
+        use crate::state::CopyPosition;
+        let c = cfg();
+        let mut s = snap(&[("s1", "a", 4)], &["b", "c"]);
+        let pos = |score, at| CopyPosition {
+            epoch: 4,
+            score,
+            at_unix_ms: at,
+        };
+        // Nothing published since the master died: no choice yet.
+        assert_eq!(
+            most_current(&c, &s, "s1", "a", NOW - 10, NOW),
+            (None, false)
+        );
+        let p = s.positions.entry("s1".into()).or_default();
+        p.insert("c".into(), pos(10, NOW - 5));
+        p.insert("b".into(), pos(99, NOW - 100)); // stale: from before the master died
+        assert_eq!(
+            most_current(&c, &s, "s1", "a", NOW - 10, NOW),
+            (Some("c".into()), false)
+        );
+        s.positions
+            .get_mut("s1")
+            .unwrap()
+            .insert("b".into(), pos(12, NOW - 1));
+        assert_eq!(
+            most_current(&c, &s, "s1", "a", NOW - 10, NOW),
+            (Some("b".into()), true)
+        );
+        // A copy of a later epoch beats any score of an earlier one.
+        s.positions.get_mut("s1").unwrap().insert(
+            "c".into(),
+            CopyPosition {
+                epoch: 5,
+                score: 1,
+                at_unix_ms: NOW - 1,
+            },
+        );
+        assert_eq!(
+            most_current(&c, &s, "s1", "a", NOW - 10, NOW).0.as_deref(),
+            Some("c")
+        );
     }
 }

@@ -13,6 +13,7 @@
 //! datacentre = "nyc"
 //! addresses = ["10.0.0.2"]           # client-facing addresses (must be unique)
 //! replication = "10.0.0.2:7400"      # where this host accepts replication connections
+//! proxy = "10.0.0.2:7410"            # where frontends reach this store host (mTLS, cluster CA)
 //! roles = ["store", "frontend"]      # default ["store"]
 //!
 //! [slots.s1]
@@ -35,6 +36,8 @@ pub const SLOTS_MAX: usize = 100_000;
 pub const REPLICAS_MAX: usize = 8;
 pub const ADDRESSES_MAX: usize = 16;
 
+#[cfg(feature = "etcd")]
+pub mod etcd;
 pub mod fo;
 pub mod state;
 /// Longest allowed `replica_timeout_ms` (ten minutes): an ack held longer than this helps
@@ -111,6 +114,10 @@ pub struct HostConfig {
     pub addresses: Vec<IpAddr>,
     /// Address this host accepts replication connections on (TLS, cluster CA).
     pub replication: SocketAddr,
+    /// Where a store host accepts proxied client connections from frontends (TLS with
+    /// mutual authentication by the cluster CA). Required on store hosts as soon as any
+    /// host has the frontend role.
+    pub proxy: Option<SocketAddr>,
     pub roles: Vec<HostRole>,
 }
 
@@ -177,6 +184,7 @@ struct RawHost {
     #[serde(default)]
     addresses: Vec<String>,
     replication: String,
+    proxy: Option<String>,
     roles: Option<Vec<HostRole>>,
 }
 
@@ -413,6 +421,29 @@ pub fn check(text: &str) -> (Option<ClusterConfig>, Vec<Problem>) {
             // A host without client addresses is reached where it replicates.
             addresses.push(r.ip());
         }
+        let proxy: Option<SocketAddr> = match &h.proxy {
+            None => None,
+            Some(p) => match p.parse::<SocketAddr>() {
+                Ok(a) => {
+                    if let Some(other) = seen_addr.insert(a.to_string(), name.clone()) {
+                        err(
+                            at("proxy"),
+                            format!("[{sec}] proxy address {a} is also used by host {other}"),
+                            "give every host its own proxy address",
+                        );
+                    }
+                    Some(a)
+                }
+                Err(_) => {
+                    err(
+                        at("proxy"),
+                        format!("[{sec}] proxy = {p:?} is not an address like \"10.0.0.2:7410\""),
+                        "write IP:PORT",
+                    );
+                    None
+                }
+            },
+        };
         let mut roles = h.roles.unwrap_or_else(|| vec![HostRole::Store]);
         roles.sort();
         roles.dedup();
@@ -430,9 +461,27 @@ pub fn check(text: &str) -> (Option<ClusterConfig>, Vec<Problem>) {
                 datacentre: h.datacentre,
                 addresses,
                 replication: replication.unwrap_or_else(|| SocketAddr::from(([0, 0, 0, 0], 0))),
+                proxy,
                 roles,
             },
         );
+    }
+    // Frontends reach a slot's master through its proxy listener: with any frontend, every
+    // store host needs one.
+    if out.hosts.values().any(|h| h.has_role(HostRole::Frontend)) {
+        for h in out.hosts.values() {
+            if h.has_role(HostRole::Store) && h.proxy.is_none() {
+                let sec = format!("hosts.{}", h.name);
+                let ip = h.replication.ip();
+                err(
+                    line_of(text, &sec, None),
+                    format!(
+                        "[{sec}] has no proxy address, but frontends must reach every store host"
+                    ),
+                    &format!("add proxy = \"{ip}:7410\" (an IP:PORT of its own)"),
+                );
+            }
+        }
     }
     for (name, s) in raw.slots {
         let sec = format!("slots.{name}");
@@ -742,18 +791,21 @@ datacentres = ["nyc", "rek"]
 datacentre = "nyc"
 addresses = ["10.0.0.11"]
 replication = "10.0.0.11:7400"
+proxy = "10.0.0.11:7410"
 roles = ["store", "frontend"]
 
 [hosts.imap2]
 datacentre = "nyc"
 addresses = ["10.0.0.12"]
 replication = "10.0.0.12:7400"
+proxy = "10.0.0.12:7410"
 roles = ["store", "frontend"]
 
 [hosts.imap3]
 datacentre = "rek"
 addresses = ["10.1.0.13"]
 replication = "10.1.0.13:7400"
+proxy = "10.1.0.13:7410"
 
 [slots.s1]
 home = "imap1"
@@ -768,6 +820,54 @@ replicas = ["imap3", "imap1"]
 home = "imap3"
 replicas = ["imap1"]
 "#;
+
+    #[test]
+    fn frontends_need_a_proxy_address_on_every_store_host() {
+        let with_fe = format!(
+            "{GOOD}[hosts.f]\ndatacentre = \"nyc\"\nreplication = \"127.0.0.4:7400\"\nroles = [\"frontend\"]\n"
+        );
+        let (c, problems) = check(&with_fe);
+        assert!(c.is_none());
+        let msgs: Vec<String> = problems
+            .iter()
+            .filter(|p| p.severity == Severity::Error)
+            .map(|p| p.to_string())
+            .collect();
+        assert_eq!(msgs.len(), 2, "{msgs:?}");
+        assert!(
+            msgs[0].contains("[hosts.a] has no proxy address"),
+            "{msgs:?}"
+        );
+        assert!(msgs[0].contains("line 2"), "{msgs:?}");
+        assert!(
+            msgs[0].contains("add proxy = \"127.0.0.2:7410\""),
+            "{msgs:?}"
+        );
+        let fixed = with_fe
+            .replace(
+                "\"127.0.0.2:7400\"\n",
+                "\"127.0.0.2:7400\"\nproxy = \"127.0.0.2:7410\"\n",
+            )
+            .replace(
+                "\"127.0.0.3:7400\"\n",
+                "\"127.0.0.3:7400\"\nproxy = \"127.0.0.3:7410\"\n",
+            );
+        let c = ClusterConfig::parse(&fixed).unwrap();
+        assert_eq!(c.hosts["a"].proxy, Some("127.0.0.2:7410".parse().unwrap()));
+        assert_eq!(c.hosts["f"].proxy, None);
+        let dup = fixed.replace("127.0.0.3:7410", "127.0.0.2:7410");
+        assert!(
+            ClusterConfig::parse(&dup)
+                .unwrap_err()
+                .contains("proxy address 127.0.0.2:7410 is also used")
+        );
+        let bad = fixed.replace("127.0.0.3:7410", "nowhere");
+        assert!(
+            ClusterConfig::parse(&bad)
+                .unwrap_err()
+                .contains("proxy = \"nowhere\" is not an address")
+        );
+    }
 
     #[test]
     fn full_example_is_clean() {
@@ -795,27 +895,27 @@ replicas = ["imap1"]
                     "replicas = [\"imap9\"]\ndurability",
                 ),
                 "no [hosts.imap9]",
-                23,
+                26,
             ),
             (
                 FULL.replace("home = \"imap1\"", "home = \"imap7\""),
                 "no [hosts.imap7]",
-                22,
+                25,
             ),
             (
                 FULL.replace("10.0.0.12\"]", "10.0.0.11\"]"),
                 "also used by host imap1",
-                12,
+                13,
             ),
             (
                 FULL.replace("10.0.0.12:7400", "10.0.0.11:7400"),
                 "also used by host imap1",
-                13,
+                14,
             ),
             (
                 FULL.replace("datacentre = \"rek\"", "datacentre = \"reykjavik\""),
                 "not in datacentres",
-                17,
+                19,
             ),
             (
                 FULL.replace(
@@ -823,7 +923,7 @@ replicas = ["imap1"]
                     "addresses = [\"10.1.0.13:143\"]",
                 ),
                 "not an IP address",
-                18,
+                20,
             ),
             (
                 FULL.replace(
@@ -831,7 +931,7 @@ replicas = ["imap1"]
                     "replicas = [\"imap1\", \"imap1\"]\n",
                 ),
                 "twice",
-                32,
+                35,
             ),
             (
                 FULL.replace(
@@ -839,7 +939,7 @@ replicas = ["imap1"]
                     "replicas = [\"imap2\"]",
                 ),
                 "as a replica",
-                28,
+                31,
             ),
             (
                 FULL.replace(
@@ -847,7 +947,7 @@ replicas = ["imap1"]
                     "roles = [\"frontend\"]\n\n[hosts.imap2]",
                 ),
                 "no \"store\" role",
-                22,
+                25,
             ),
             (
                 FULL.replace(
@@ -855,14 +955,14 @@ replicas = ["imap1"]
                     "roles = [\"mx\"]\n\n[hosts.imap2]",
                 ),
                 "unknown variant",
-                8,
+                9,
             ),
             (
                 FULL.replace("durability = \"replica\"", "durablity = \"replica\""),
                 "unknown field",
-                24,
+                27,
             ),
-            (FULL.replace("[slots.s3]", "[slots.s3"), "table header", 30),
+            (FULL.replace("[slots.s3]", "[slots.s3"), "table header", 33),
         ];
         for (text, want, line) in cases {
             let (cfg, problems) = check(&text);
@@ -892,7 +992,7 @@ replicas = ["imap1"]
                 .contains("no replica outside datacentre nyc")
         );
         assert!(problems[0].fix.contains("imap3"));
-        assert_eq!(problems[0].line, Some(23));
+        assert_eq!(problems[0].line, Some(26));
         // One datacentre only: nothing to complain about.
         let one_dc = GOOD.replace("\"rek\"", "\"nyc\"");
         assert!(check(&one_dc).1.is_empty());

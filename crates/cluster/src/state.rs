@@ -35,7 +35,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-/// Users the embedded backend holds; past it `set_user_slot` fails (use etcd).
+/// Accounts the embedded backend holds; past it `put_account` fails (use etcd).
 pub const USERS_MAX: usize = 1_000_000;
 /// Longest lease a host may ask for.
 pub const LEASE_TTL_MS_MAX: u64 = 60_000;
@@ -68,6 +68,10 @@ pub enum StateError {
     UnknownSlot(String),
     #[error("{0}")]
     Limit(String),
+    /// A remote backend (etcd) failed or did not answer in time: the call changed
+    /// nothing it reports, or its outcome is unknown; retry.
+    #[error("cluster state: {0}")]
+    Backend(String),
 }
 
 /// Who masters a slot now, and its fencing generation.
@@ -94,14 +98,50 @@ impl HostLease {
     }
 }
 
-/// The whole state, as one snapshot.
+/// How current one copy of a slot is, published by the host holding it when the slot's
+/// master stops renewing its lease, so `fo -K` can promote the most current live copy.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CopyPosition {
+    /// The epoch of the master whose data the copy holds.
+    pub epoch: u64,
+    /// Modifications held: the sum over the copy's mailboxes of their HIGHESTMODSEQ
+    /// (every write raises one mailbox's by exactly one), so of two copies fed by the same
+    /// master the one that applied more of its writes scores higher.
+    pub score: u64,
+    /// When it was measured (wall clock, ms since 1970).
+    pub at_unix_ms: u64,
+}
+
+/// One account of the directory: its argon2id password hash and the slot holding its data.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AccountEntry {
+    pub password: String,
+    pub slot: String,
+}
+
+/// The whole state but the account directory (read that with [`ClusterState::accounts`]
+/// or [`ClusterState::account`]: it can hold millions of entries), as one snapshot.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Snapshot {
-    /// Raised by every change, so a watcher can tell it missed nothing.
+    /// Raised by every change (accounts included), so a watcher can tell it missed nothing.
     pub revision: u64,
     pub slots: BTreeMap<String, SlotState>,
     pub hosts: BTreeMap<String, HostLease>,
-    pub users: BTreeMap<String, String>,
+    /// slot → host → position of that host's copy (see [`CopyPosition`]).
+    #[serde(default)]
+    pub positions: BTreeMap<String, BTreeMap<String, CopyPosition>>,
+}
+
+/// The embedded file's body: the snapshot plus the account directory.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+struct FileBody {
+    #[serde(flatten)]
+    snap: Snapshot,
+    #[serde(default)]
+    accounts: BTreeMap<String, AccountEntry>,
+    /// The revision of the last change to `accounts`.
+    #[serde(default)]
+    accounts_revision: u64,
 }
 
 impl Snapshot {
@@ -127,10 +167,51 @@ pub trait ClusterState: Send + Sync {
     fn renew_lease(&self, host: &str, ttl_ms: u64) -> Result<u64, StateError>;
     /// Ends `host`'s lease now (a clean stop; `fo -K` of a host known dead).
     fn drop_lease(&self, host: &str) -> Result<(), StateError>;
-    /// Records which slot holds `user`'s data.
-    fn set_user_slot(&self, user: &str, slot: &str) -> Result<(), StateError>;
+    /// Publishes how current `host`'s copy of `slot` is.
+    fn publish_position(
+        &self,
+        slot: &str,
+        host: &str,
+        pos: &CopyPosition,
+    ) -> Result<(), StateError>;
+    /// Adds or replaces an account (address already normalised: lower case).
+    fn put_account(&self, address: &str, entry: &AccountEntry) -> Result<(), StateError>;
+    /// Removes an account; `false` when there was none.
+    fn del_account(&self, address: &str) -> Result<bool, StateError>;
+    /// One account.
+    fn account(&self, address: &str) -> Result<Option<AccountEntry>, StateError>;
+    /// The whole account directory and the revision it was read at.
+    fn accounts(&self) -> Result<(u64, BTreeMap<String, AccountEntry>), StateError>;
+    /// A number that changes whenever the account directory changes (and seldom
+    /// otherwise), so hosts mirroring it re-read it only when needed. The default is the
+    /// whole state's revision: correct, but it makes mirrors re-read on every change.
+    fn accounts_revision(&self) -> Result<u64, StateError> {
+        Ok(self.snapshot()?.revision)
+    }
     /// Waits until the revision is past `seen` or `timeout` passed; returns the snapshot.
     fn watch(&self, seen: u64, timeout: Duration) -> Result<Snapshot, StateError>;
+}
+
+/// Opens the cluster state `spec` names (tandem.toml's `[cluster] state`):
+/// `etcd://HOST:PORT[,HOST:PORT...][/PREFIX]` for etcd (a build with the `etcd` feature),
+/// anything else a directory for the embedded backend, relative to `base`.
+pub fn open(spec: &str, base: &Path) -> Result<std::sync::Arc<dyn ClusterState>, StateError> {
+    if let Some(rest) = spec.strip_prefix("etcd://") {
+        #[cfg(feature = "etcd")]
+        {
+            return Ok(std::sync::Arc::new(crate::etcd::EtcdState::connect(rest)?));
+        }
+        #[cfg(not(feature = "etcd"))]
+        {
+            let _ = rest;
+            return Err(StateError::Limit(
+                "this tandem was built without etcd support: build it with \
+                 `cargo build --release --features etcd` (needs Debian protobuf-compiler)"
+                    .into(),
+            ));
+        }
+    }
+    Ok(std::sync::Arc::new(FileState::open(&base.join(spec))?))
 }
 
 pub fn now_unix_ms() -> u64 {
@@ -171,10 +252,10 @@ impl FileState {
         }
     }
 
-    fn read(&self) -> Result<Snapshot, StateError> {
+    fn read(&self) -> Result<FileBody, StateError> {
         let path = self.path();
         let text = match std::fs::metadata(&path) {
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Snapshot::default()),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(FileBody::default()),
             Err(e) => return Err(self.io(e)),
             Ok(m) if m.len() > FILE_BYTES_MAX => {
                 return Err(StateError::Corrupt {
@@ -190,7 +271,7 @@ impl FileState {
     /// One transaction: lock, read, change, write atomically.
     fn update<T>(
         &self,
-        f: impl FnOnce(&mut Snapshot) -> Result<T, StateError>,
+        f: impl FnOnce(&mut FileBody) -> Result<T, StateError>,
     ) -> Result<T, StateError> {
         let _local = self.local.lock().unwrap_or_else(|p| p.into_inner());
         let lock = std::fs::OpenOptions::new()
@@ -202,7 +283,7 @@ impl FileState {
         lock.lock().map_err(|e| self.io(e))?;
         let mut snap = self.read()?;
         let out = f(&mut snap)?;
-        snap.revision += 1;
+        snap.snap.revision += 1;
         let tmp = self.dir.join("state.json.tmp");
         let mut file = std::fs::File::create(&tmp).map_err(|e| self.io(e))?;
         file.write_all(encode(&snap).as_bytes())
@@ -219,11 +300,12 @@ impl FileState {
 
 /// The compare of every compare-epoch transaction: `slot`, if still at `expected`.
 fn at_epoch<'a>(
-    s: &'a mut Snapshot,
+    s: &'a mut FileBody,
     slot: &str,
     expected: u64,
 ) -> Result<&'a mut SlotState, StateError> {
     let cur = s
+        .snap
         .slots
         .get_mut(slot)
         .ok_or_else(|| StateError::UnknownSlot(slot.to_string()))?;
@@ -237,7 +319,7 @@ fn at_epoch<'a>(
     Ok(cur)
 }
 
-fn encode(s: &Snapshot) -> String {
+fn encode(s: &FileBody) -> String {
     let body = serde_json::to_string(s).unwrap_or_default();
     format!(
         "{MAGIC}\n{body}\ncrc32c {:08x}\n",
@@ -245,7 +327,7 @@ fn encode(s: &Snapshot) -> String {
     )
 }
 
-fn decode(text: &str) -> Result<Snapshot, String> {
+fn decode(text: &str) -> Result<FileBody, String> {
     let mut lines = text.lines();
     if lines.next() != Some(MAGIC) {
         return Err(format!("first line is not {MAGIC:?}"));
@@ -265,15 +347,16 @@ fn decode(text: &str) -> Result<Snapshot, String> {
 
 impl ClusterState for FileState {
     fn snapshot(&self) -> Result<Snapshot, StateError> {
-        self.read()
+        Ok(self.read()?.snap)
     }
 
     fn init_slot(&self, slot: &str, master: &str, epoch: u64) -> Result<SlotState, StateError> {
-        if let Some(s) = self.read()?.slots.get(slot) {
+        if let Some(s) = self.read()?.snap.slots.get(slot) {
             return Ok(s.clone()); // no write: hosts call this at every start
         }
         self.update(|s| {
-            Ok(s.slots
+            Ok(s.snap
+                .slots
                 .entry(slot.to_string())
                 .or_insert_with(|| SlotState {
                     master: master.to_string(),
@@ -310,7 +393,8 @@ impl ClusterState for FileState {
         }
         self.update(|s| {
             let expires_unix_ms = now_unix_ms() + ttl_ms;
-            s.hosts
+            s.snap
+                .hosts
                 .insert(host.to_string(), HostLease { expires_unix_ms });
             Ok(expires_unix_ms)
         })
@@ -318,23 +402,63 @@ impl ClusterState for FileState {
 
     fn drop_lease(&self, host: &str) -> Result<(), StateError> {
         self.update(|s| {
-            if let Some(l) = s.hosts.get_mut(host) {
+            if let Some(l) = s.snap.hosts.get_mut(host) {
                 l.expires_unix_ms = 0;
             }
             Ok(())
         })
     }
 
-    fn set_user_slot(&self, user: &str, slot: &str) -> Result<(), StateError> {
+    fn publish_position(
+        &self,
+        slot: &str,
+        host: &str,
+        pos: &CopyPosition,
+    ) -> Result<(), StateError> {
         self.update(|s| {
-            if s.users.len() >= USERS_MAX && !s.users.contains_key(user) {
-                return Err(StateError::Limit(format!(
-                    "the embedded cluster state holds at most {USERS_MAX} users; use etcd"
-                )));
-            }
-            s.users.insert(user.to_string(), slot.to_string());
+            s.snap
+                .positions
+                .entry(slot.to_string())
+                .or_default()
+                .insert(host.to_string(), pos.clone());
             Ok(())
         })
+    }
+
+    fn put_account(&self, address: &str, entry: &AccountEntry) -> Result<(), StateError> {
+        self.update(|s| {
+            if s.accounts.len() >= USERS_MAX && !s.accounts.contains_key(address) {
+                return Err(StateError::Limit(format!(
+                    "the embedded cluster state holds at most {USERS_MAX} accounts; use etcd"
+                )));
+            }
+            s.accounts.insert(address.to_string(), entry.clone());
+            s.accounts_revision = s.snap.revision + 1;
+            Ok(())
+        })
+    }
+
+    fn del_account(&self, address: &str) -> Result<bool, StateError> {
+        if !self.read()?.accounts.contains_key(address) {
+            return Ok(false);
+        }
+        self.update(|s| {
+            s.accounts_revision = s.snap.revision + 1;
+            Ok(s.accounts.remove(address).is_some())
+        })
+    }
+
+    fn account(&self, address: &str) -> Result<Option<AccountEntry>, StateError> {
+        Ok(self.read()?.accounts.get(address).cloned())
+    }
+
+    fn accounts(&self) -> Result<(u64, BTreeMap<String, AccountEntry>), StateError> {
+        let b = self.read()?;
+        Ok((b.snap.revision, b.accounts))
+    }
+
+    fn accounts_revision(&self) -> Result<u64, StateError> {
+        Ok(self.read()?.accounts_revision)
     }
 
     fn watch(&self, seen: u64, timeout: Duration) -> Result<Snapshot, StateError> {
@@ -343,7 +467,7 @@ impl ClusterState for FileState {
         const POLL: Duration = Duration::from_millis(50);
         let start = Instant::now();
         loop {
-            let s = self.read()?;
+            let s = self.read()?.snap;
             if s.revision > seen || start.elapsed() >= timeout {
                 return Ok(s);
             }
@@ -460,9 +584,46 @@ pub fn conformance(state: &dyn ClusterState) {
     assert!(!state.snapshot().unwrap().alive("a", now));
     assert!(!state.snapshot().unwrap().alive("never", now));
     assert!(state.renew_lease("a", 0).is_err());
-    // Users.
-    state.set_user_slot("alice@example.com", "s1").unwrap();
-    assert_eq!(state.snapshot().unwrap().users["alice@example.com"], "s1");
+    // Positions.
+    let pos = CopyPosition {
+        epoch: 2,
+        score: 17,
+        at_unix_ms: now_unix_ms(),
+    };
+    state.publish_position("s1", "c", &pos).unwrap();
+    assert_eq!(state.snapshot().unwrap().positions["s1"]["c"], pos);
+    // Accounts.
+    let acct = |slot: &str| AccountEntry {
+        password: "$argon2id$v=19$x".into(),
+        slot: slot.into(),
+    };
+    assert_eq!(state.account("alice@example.com").unwrap(), None);
+    let r1 = state.snapshot().unwrap().revision;
+    state.put_account("alice@example.com", &acct("s1")).unwrap();
+    state.put_account("bob@example.com", &acct("s2")).unwrap();
+    assert!(
+        state.snapshot().unwrap().revision > r1,
+        "accounts raise the revision"
+    );
+    assert_eq!(
+        state.account("alice@example.com").unwrap(),
+        Some(acct("s1"))
+    );
+    state.put_account("alice@example.com", &acct("s3")).unwrap();
+    let (rev, all) = state.accounts().unwrap();
+    assert!(rev > r1);
+    assert_eq!(all.len(), 2);
+    assert_eq!(all["alice@example.com"], acct("s3"));
+    let ar = state.accounts_revision().unwrap();
+    state.renew_lease("a", 5_000).unwrap();
+    state.put_account("carol@example.com", &acct("s1")).unwrap();
+    let ar2 = state.accounts_revision().unwrap();
+    assert_ne!(ar2, ar, "an account change must change accounts_revision");
+    assert!(state.del_account("carol@example.com").unwrap());
+    assert_ne!(state.accounts_revision().unwrap(), ar2);
+    assert!(state.del_account("bob@example.com").unwrap());
+    assert!(!state.del_account("bob@example.com").unwrap());
+    assert_eq!(state.accounts().unwrap().1.len(), 1);
     // Watch returns at once when behind, and after the timeout when nothing changed.
     let cur = state.snapshot().unwrap().revision;
     assert_eq!(

@@ -7,7 +7,6 @@
 //! (`store::LoginGate`, or `allow_plaintext_auth` without one) allows it; a plaintext
 //! login that succeeds is reported to the policy.
 
-use base64::Engine as _;
 use store::Op;
 use store::directory::AuthOutcome;
 
@@ -19,7 +18,7 @@ use crate::session::{ReadOutcome, SessionError, UserCtx};
 pub(crate) const CLIENT_ID_BYTES_MAX: usize = 200;
 
 /// `name=Thunderbird version=115.0`: the RFC 2971 fields that identify a client.
-pub(crate) fn describe_client(fields: Option<&[(String, Option<String>)]>) -> String {
+pub fn describe_client(fields: Option<&[(String, Option<String>)]>) -> String {
     let mut out = String::new();
     for (k, v) in fields.unwrap_or_default() {
         let Some(v) = v else { continue };
@@ -91,34 +90,17 @@ impl Session {
             }
         };
         let response = trim_crlf(&response);
-        if response == b"*" {
-            return Ok(Reply::bad("Authentication cancelled"));
-        }
-        let decoded = if response == b"=" {
-            Vec::new()
-        } else {
-            match base64::engine::general_purpose::STANDARD.decode(response) {
-                Ok(d) => d,
-                Err(_) => return Ok(Reply::bad("Authentication response is not valid base64")),
+        let (authc, pass) = match store::directory::sasl_plain(response) {
+            Ok(v) => v,
+            Err(e) => {
+                let text = crate::plain_error_reply(e);
+                return Ok(match text.strip_prefix("BAD ") {
+                    Some(t) => Reply::bad(t),
+                    None => Reply::no(text.trim_start_matches("NO ")),
+                });
             }
         };
-        // RFC 4616: [authzid] NUL authcid NUL passwd.
-        let mut parts = decoded.split(|&b| b == 0);
-        let (Some(authz), Some(authc), Some(pass), None) =
-            (parts.next(), parts.next(), parts.next(), parts.next())
-        else {
-            return Ok(Reply::bad("Malformed PLAIN response"));
-        };
-        let Ok(authc) = std::str::from_utf8(authc) else {
-            return Ok(Reply::no("[AUTHENTICATIONFAILED] Invalid credentials"));
-        };
-        if !authz.is_empty() && !authz.eq_ignore_ascii_case(authc.as_bytes()) {
-            return Ok(Reply::no(
-                "[AUTHORIZATIONFAILED] Acting as another user is not allowed",
-            ));
-        }
-        let pass = pass.to_vec();
-        Ok(self.check_password(authc, &pass).await)
+        Ok(self.check_password(&authc, &pass).await)
     }
 
     /// One SASL response line; `None` if it was too long.
@@ -168,6 +150,31 @@ impl Session {
                 );
             }
         };
+        self.begin_user(account).await
+    }
+
+    /// A session a frontend proxied here, for `user` it already authenticated: the same
+    /// start as after a password, with the client's address and TLS as the frontend saw
+    /// them (limits and the TLS policy's records use those).
+    pub(crate) async fn begin_preauth(&mut self, user: &str) -> Reply {
+        let dir = self.server.directory.clone();
+        let looked_up = tokio::task::spawn_blocking(move || dir.load()).await;
+        let account = match looked_up {
+            Ok(Ok(accounts)) => match accounts.get(user) {
+                Some(a) => a.clone(),
+                None => return Reply::no("[AUTHENTICATIONFAILED] No such account here"),
+            },
+            Ok(Err(_)) | Err(_) => {
+                return Reply::no(
+                    "[UNAVAILABLE] The account directory cannot be read; try again later",
+                );
+            }
+        };
+        self.begin_user(account).await
+    }
+
+    /// Enters the authenticated state as `account` (per-user limit, the user's slot).
+    async fn begin_user(&mut self, account: store::directory::Account) -> Reply {
         let Some(slot) = self.server.slots.get(&account.slot).cloned() else {
             return Reply::no(
                 "[UNAVAILABLE] Your mailbox is not served by this host right now; try again later",

@@ -164,6 +164,57 @@ impl ImapServer {
     }
 }
 
+/// A client a frontend authenticated and proxied to this host (the proxy header, see the
+/// wiring's `frontend` module): who it is and how it reached the frontend.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ProxiedClient {
+    /// The account address the frontend verified the password of.
+    pub user: String,
+    /// The client's address as the frontend saw it: used for logging, limits and the TLS
+    /// policy's records in place of the frontend's own address.
+    pub peer: SocketAddr,
+    /// The client's connection to the frontend was TLS.
+    pub tls: bool,
+    /// What the client said about itself (IMAP `ID`, see [`describe_client`]); may be empty.
+    pub id: String,
+}
+
+impl ImapServer {
+    /// Serves a connection a frontend proxied here over the cluster's mutual-TLS proxy
+    /// listener: the session starts already authenticated as `client.user` (greeting
+    /// `* PREAUTH [CAPABILITY ...]`), with the per-address (the client's) and per-user
+    /// connection limits applied and, when
+    /// the client had no TLS, the login reported to the TLS policy. If the user cannot be
+    /// served here (unknown, slot not mastered here, over the limit) the greeting is
+    /// `* BYE <reason>` and the connection ends.
+    pub async fn serve_preauth(
+        self: Arc<Self>,
+        stream: tokio_rustls::server::TlsStream<tokio::net::TcpStream>,
+        client: ProxiedClient,
+    ) {
+        let _ = stream.get_ref().0.set_nodelay(true);
+        // The client's address from the header is the one that counts, as on a direct
+        // connection.
+        let max = self.config.connections_per_ip_max;
+        let Some(_counted) = self.conns.admit_ip(client.peer.ip(), max) else {
+            let mut stream = stream;
+            let bye = format!(
+                "* BYE [UNAVAILABLE] Too many connections from your address (limit {max}); close some and retry\r\n"
+            );
+            use tokio::io::AsyncWriteExt as _;
+            let write = async {
+                stream.write_all(bye.as_bytes()).await?;
+                stream.shutdown().await
+            };
+            let _ = tokio::time::timeout(std::time::Duration::from_secs(5), write).await;
+            return;
+        };
+        session::run_preauth(self, session::Stream::Tls(Box::new(stream)), client).await;
+    }
+}
+
+pub use auth::describe_client;
+
 /// Which messages have already been `\Recent` in some session of this process: per
 /// mailbox, the highest UID claimed. Bounded: past `RECENT_TRACKED_MAX` mailboxes the
 /// table is cleared (worst case a message is `\Recent` twice, which clients tolerate).
@@ -202,5 +253,18 @@ impl RecentTracker {
     pub(crate) fn peek(&self, slot: &str, mailbox: MailboxId) -> Option<u32> {
         let map = self.claimed.lock().unwrap_or_else(|p| p.into_inner());
         map.get(&(slot.to_string(), mailbox)).copied()
+    }
+}
+
+/// The tagged answer (`BAD …` or `NO …`) to an unusable SASL PLAIN response; the IMAP
+/// frontend words it the same.
+pub fn plain_error_reply(e: store::directory::PlainError) -> &'static str {
+    use store::directory::PlainError as E;
+    match e {
+        E::Cancelled => "BAD Authentication cancelled",
+        E::NotBase64 => "BAD Authentication response is not valid base64",
+        E::Malformed => "BAD Malformed PLAIN response",
+        E::BadName => "NO [AUTHENTICATIONFAILED] Invalid credentials",
+        E::OtherIdentity => "NO [AUTHORIZATIONFAILED] Acting as another user is not allowed",
     }
 }

@@ -193,34 +193,62 @@ pub(crate) async fn run(
     } else {
         Stream::Plain(tcp)
     };
-    let mut limits = server.config.limits;
-    // Only APPEND carries big literals; refuse anything larger up front, before the
-    // client sends it.
-    let append_max = usize::try_from(server.config.append_bytes_max).unwrap_or(usize::MAX);
-    limits.literal_bytes_max = limits.literal_bytes_max.min(append_max);
-    let mut session = Session {
-        server,
-        peer,
-        stream,
-        framer: Framer::new(limits),
-        rbuf: [0; READ_FIRST_BYTES],
-        out: Vec::new(),
-        tls: implicit_tls,
-        user: None,
-        selected: None,
-        parse_opts: ParseOptions::default(),
-        bad_in_a_row: 0,
-        enabled: Enabled::default(),
-        ext: crate::ext::ExtState::default(),
-    };
-    let _ = session.serve().await;
+    let mut session = Session::new(server, peer, stream, implicit_tls);
+    let greeting = format!("OK [CAPABILITY {}] Tandem ready", session.capabilities());
+    let _ = session.serve(&greeting).await;
+    let _ = session.stream.shutdown().await;
+}
+
+/// Serves a connection a frontend proxied here (see `ImapServer::serve_preauth`): the
+/// session starts logged in as `user`, or says `* BYE` with the reason and ends.
+pub(crate) async fn run_preauth(
+    server: Arc<ImapServer>,
+    stream: Stream,
+    client: crate::ProxiedClient,
+) {
+    let mut session = Session::new(server, client.peer, stream, client.tls);
+    session.ext.client_id = client.id;
+    let reply = session.begin_preauth(&client.user).await;
+    if reply.status == crate::resp::Status::Ok {
+        let greeting = format!(
+            "PREAUTH [CAPABILITY {}] Logged in as {}",
+            session.capabilities(),
+            client.user
+        );
+        let _ = session.serve(&greeting).await;
+    } else {
+        session.untagged(&format!("BYE {}", reply.text));
+        let _ = session.flush().await;
+    }
     let _ = session.stream.shutdown().await;
 }
 
 impl Session {
-    async fn serve(&mut self) -> Result<(), SessionError> {
-        let greeting = format!("OK [CAPABILITY {}] Tandem ready", self.capabilities());
-        self.untagged(&greeting);
+    fn new(server: Arc<ImapServer>, peer: SocketAddr, stream: Stream, tls: bool) -> Session {
+        let mut limits = server.config.limits;
+        // Only APPEND carries big literals; refuse anything larger up front, before the
+        // client sends it.
+        let append_max = usize::try_from(server.config.append_bytes_max).unwrap_or(usize::MAX);
+        limits.literal_bytes_max = limits.literal_bytes_max.min(append_max);
+        Session {
+            server,
+            peer,
+            stream,
+            framer: Framer::new(limits),
+            rbuf: [0; READ_FIRST_BYTES],
+            out: Vec::new(),
+            tls,
+            user: None,
+            selected: None,
+            parse_opts: ParseOptions::default(),
+            bad_in_a_row: 0,
+            enabled: Enabled::default(),
+            ext: crate::ext::ExtState::default(),
+        }
+    }
+
+    async fn serve(&mut self, greeting: &str) -> Result<(), SessionError> {
+        self.untagged(greeting);
         self.flush().await?;
         loop {
             while let Some(frame) = self.framer.next() {

@@ -7,7 +7,6 @@
 //! (`store::LoginGate`, or `allow_plaintext_auth` without one) allows it; a plaintext
 //! login that succeeds is reported to the policy.
 
-use base64::Engine as _;
 use store::Op;
 use store::directory::AuthOutcome;
 use tokio::io::{AsyncRead, AsyncWrite};
@@ -154,6 +153,37 @@ impl Session {
                 return Flow::Continue;
             }
         };
+        self.open_maildrop(conn, account).await
+    }
+
+    /// A session a frontend proxied here for `user`, whose password it checked: opens
+    /// the maildrop as [`Session::login`] does after a good password.
+    pub(crate) async fn begin_preauth<S: AsyncRead + AsyncWrite + Unpin>(
+        &mut self,
+        conn: &mut Conn<S>,
+        user: &str,
+    ) -> Flow {
+        let dir = self.server.directory.clone();
+        let account = match tokio::task::spawn_blocking(move || dir.load()).await {
+            Ok(Ok(accounts)) => accounts.get(user).cloned(),
+            Ok(Err(_)) | Err(_) => {
+                conn.err("[SYS/TEMP] The account directory cannot be read; try again later");
+                return Flow::Close;
+            }
+        };
+        let Some(account) = account else {
+            conn.err("[AUTH] No such account here");
+            return Flow::Close;
+        };
+        self.open_maildrop(conn, account).await
+    }
+
+    /// The TRANSACTION state for `account` (its password already checked).
+    async fn open_maildrop<S: AsyncRead + AsyncWrite + Unpin>(
+        &mut self,
+        conn: &mut Conn<S>,
+        account: store::directory::Account,
+    ) -> Flow {
         let Some(slot) = self.server.slots.get(&account.slot).cloned() else {
             conn.err(
                 "[SYS/TEMP] Your mailbox is not served by this host right now; try again later",
@@ -191,35 +221,27 @@ impl Session {
     }
 }
 
-/// A PLAIN response (RFC 4616: `[authzid] NUL authcid NUL passwd`, base64; `=` is empty,
-/// `*` cancels): the user and password, or the `-ERR` text.
+/// A PLAIN response decoded, or the `-ERR` text.
 fn decode_plain(response: &[u8]) -> Result<(String, Vec<u8>), &'static str> {
-    if response == b"*" {
-        return Err("Authentication cancelled");
+    store::directory::sasl_plain(response).map_err(plain_error_text)
+}
+
+/// The `-ERR` text for an unusable PLAIN response (also the POP3 frontend's).
+pub fn plain_error_text(e: store::directory::PlainError) -> &'static str {
+    use store::directory::PlainError as E;
+    match e {
+        E::Cancelled => "Authentication cancelled",
+        E::NotBase64 => "Authentication response is not valid base64",
+        E::Malformed => "Malformed PLAIN response",
+        E::BadName => "[AUTH] Invalid credentials",
+        E::OtherIdentity => "[AUTH] Acting as another user is not allowed",
     }
-    let decoded = if response == b"=" {
-        Vec::new()
-    } else {
-        base64::engine::general_purpose::STANDARD
-            .decode(response)
-            .map_err(|_| "Authentication response is not valid base64")?
-    };
-    let mut parts = decoded.split(|&b| b == 0);
-    let (Some(authz), Some(authc), Some(pass), None) =
-        (parts.next(), parts.next(), parts.next(), parts.next())
-    else {
-        return Err("Malformed PLAIN response");
-    };
-    let authc = std::str::from_utf8(authc).map_err(|_| "[AUTH] Invalid credentials")?;
-    if !authz.is_empty() && !authz.eq_ignore_ascii_case(authc.as_bytes()) {
-        return Err("[AUTH] Acting as another user is not allowed");
-    }
-    Ok((authc.to_string(), pass.to_vec()))
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use base64::Engine as _;
 
     #[test]
     fn plain_responses() {

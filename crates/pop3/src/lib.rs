@@ -34,6 +34,7 @@ pub mod command;
 pub mod dot;
 
 mod auth;
+pub use auth::plain_error_text;
 mod maildrop;
 mod session;
 mod transaction;
@@ -127,4 +128,30 @@ impl Pop3Server {
         let _ = stream.set_nodelay(true);
         session::run(self, stream, peer, implicit_tls).await;
     }
+
+    /// Serves a connection a frontend proxied here over the cluster's mutual-TLS proxy
+    /// listener, for a user the frontend authenticated: the maildrop is opened as at a
+    /// successful PASS and the first line sent is that `+OK` (the frontend relays it to
+    /// its client). If the user cannot be served here the first line is `-ERR <reason>`
+    /// and the connection ends. A login without TLS (as the frontend saw it) is reported
+    /// to the TLS policy with the client's address.
+    pub async fn serve_preauth(
+        self: Arc<Self>,
+        stream: tokio_rustls::server::TlsStream<tokio::net::TcpStream>,
+        client: ProxiedClient,
+    ) {
+        let _ = stream.get_ref().0.set_nodelay(true);
+        session::run_preauth(self, stream, client).await;
+    }
+}
+
+/// A client a frontend authenticated and proxied to this host.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ProxiedClient {
+    /// The account address whose password the frontend verified.
+    pub user: String,
+    /// The client's address as the frontend saw it (limits, records, logging).
+    pub peer: SocketAddr,
+    /// The client's connection to the frontend was TLS.
+    pub tls: bool,
 }

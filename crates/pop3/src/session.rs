@@ -236,6 +236,29 @@ pub(crate) async fn run(
     }
 }
 
+/// A connection a frontend proxied here (see `Pop3Server::serve_preauth`).
+pub(crate) async fn run_preauth<S: AsyncRead + AsyncWrite + Unpin>(
+    server: Arc<Pop3Server>,
+    stream: S,
+    client: crate::ProxiedClient,
+) {
+    let mut session = Session {
+        server,
+        peer: client.peer,
+        tls: client.tls,
+        state: State::Authorization { user: None },
+        bad_commands: 0,
+        auth_failures: 0,
+    };
+    let mut conn = Conn::new(stream);
+    if session.begin_preauth(&mut conn, &client.user).await == Flow::Continue
+        && matches!(session.state, State::Transaction(_))
+    {
+        let _ = session.drive(&mut conn).await;
+    }
+    session.finish(&mut conn).await;
+}
+
 async fn handshake(
     server: &Pop3Server,
     tcp: TcpStream,

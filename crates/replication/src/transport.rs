@@ -98,6 +98,17 @@ impl Tls {
         })
     }
 
+    /// The server side (client certificates required, verified against the cluster CA),
+    /// for other listeners among cluster hosts (the frontend proxy, async).
+    pub fn server_config(&self) -> Arc<ServerConfig> {
+        self.server.clone()
+    }
+
+    /// The client side (this host's certificate, only the cluster CA trusted).
+    pub fn client_config(&self) -> Arc<ClientConfig> {
+        self.client.clone()
+    }
+
     /// Connects to `host` at `addr`; the server must present a certificate for `host`.
     pub fn connect(
         &self,

@@ -70,6 +70,48 @@ pub fn validate_address(a: &str) -> Result<(), StoreError> {
     }
 }
 
+/// Why a SASL PLAIN response is unusable (each protocol words its own answer).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PlainError {
+    /// The client sent `*`.
+    Cancelled,
+    NotBase64,
+    /// Not `authzid NUL authcid NUL password`.
+    Malformed,
+    /// The user name is not UTF-8.
+    BadName,
+    /// An authorisation identity other than the user: nobody may act as someone else.
+    OtherIdentity,
+}
+
+/// A SASL PLAIN (RFC 4616) client response as it comes off the wire — base64 of
+/// `[authzid] NUL authcid NUL password`, `=` for empty, `*` to cancel — decoded into the
+/// user name and password. The one decoder of IMAP, POP3 and the frontends.
+pub fn sasl_plain(response: &[u8]) -> Result<(String, Vec<u8>), PlainError> {
+    use base64::Engine as _;
+    if response == b"*" {
+        return Err(PlainError::Cancelled);
+    }
+    let decoded = if response == b"=" {
+        Vec::new()
+    } else {
+        base64::engine::general_purpose::STANDARD
+            .decode(response)
+            .map_err(|_| PlainError::NotBase64)?
+    };
+    let mut parts = decoded.split(|&b| b == 0);
+    let (Some(authz), Some(authc), Some(pass), None) =
+        (parts.next(), parts.next(), parts.next(), parts.next())
+    else {
+        return Err(PlainError::Malformed);
+    };
+    let authc = std::str::from_utf8(authc).map_err(|_| PlainError::BadName)?;
+    if !authz.is_empty() && !authz.eq_ignore_ascii_case(authc.as_bytes()) {
+        return Err(PlainError::OtherIdentity);
+    }
+    Ok((authc.to_string(), pass.to_vec()))
+}
+
 pub fn hash_password(password: &[u8]) -> Result<String, StoreError> {
     if password.is_empty() || password.len() > PASSWORD_BYTES_MAX {
         return Err(StoreError::Refused(format!(

@@ -618,6 +618,18 @@ impl SlotView {
         Ok(out)
     }
 
+    /// The sum of every mailbox's HIGHESTMODSEQ: how many modifications this copy holds,
+    /// since every write raises one mailbox's by exactly one. Of two copies fed by one
+    /// master, the one that applied more of its writes scores higher (`fo -K` promotes
+    /// the highest). One pass over the mailbox headers.
+    pub fn modseq_total(&self) -> Result<u64, StoreError> {
+        Ok(self
+            .all_mailboxes()?
+            .iter()
+            .map(|h| h.highestmodseq.0)
+            .fold(0u64, u64::saturating_add))
+    }
+
     /// Every user with a record in this slot.
     pub fn users(&self) -> Result<Vec<String>, StoreError> {
         let mut out = Vec::new();

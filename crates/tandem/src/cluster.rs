@@ -44,6 +44,13 @@ pub enum ClusterCmd {
         /// Only this slot (default: every slot this host masters).
         slot: Option<String>,
     },
+    /// Print the cluster state as it is now (slots with master and epoch, host leases,
+    /// copy positions; never the account directory), from any backend.
+    State {
+        /// One JSON object instead of text.
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 #[derive(Subcommand)]
@@ -80,7 +87,7 @@ static REPLICATION: OnceLock<Arc<Replication>> = OnceLock::new();
 /// Slots this server serves (masters, or every slot without a cluster), for `status`.
 static SERVED: OnceLock<Vec<(String, u64)>> = OnceLock::new();
 
-fn files(dir: &Path, cfg: &Config, host: &str) -> (PathBuf, TlsFiles) {
+pub(crate) fn files(dir: &Path, cfg: &Config, host: &str) -> (PathBuf, TlsFiles) {
     let c = &cfg.cluster;
     let rel = |p: &Option<PathBuf>, default: String| {
         dir.join(p.clone().unwrap_or_else(|| default.into()))
@@ -97,6 +104,17 @@ fn files(dir: &Path, cfg: &Config, host: &str) -> (PathBuf, TlsFiles) {
 
 fn io_timeout(cfg: &Config) -> Duration {
     Duration::from_secs(cfg.cluster.io_timeout_secs.unwrap_or(30).clamp(1, 3600))
+}
+
+/// This host's cluster.toml (`[cluster] config`, default `cluster.toml`).
+pub fn load_config(dir: &Path, cfg: &Config) -> Result<ClusterConfig> {
+    let path = dir.join(
+        cfg.cluster
+            .config
+            .clone()
+            .unwrap_or_else(|| PathBuf::from("cluster.toml")),
+    );
+    Ok(ClusterConfig::load(&path)?)
 }
 
 fn load(dir: &Path, cfg: &Config, host: &str) -> Result<(ClusterConfig, TlsFiles)> {
@@ -140,6 +158,7 @@ pub fn start(
     let root = dir.join("slots");
     let mut served = HashMap::new();
     let mut copies = Vec::new();
+    let mut replica_copies = Vec::new();
     for (sc, role) in cluster.slots_of(&host) {
         let sdir = root.join(&sc.name);
         let opened = if sdir.join("SLOT").exists() {
@@ -161,6 +180,9 @@ pub fn start(
             }
             served.insert(sc.name.clone(), slot.clone());
         }
+        if role != Role::Master {
+            replica_copies.push(slot.clone());
+        }
         copies.push((slot, role));
     }
     for name in crate::user::slot_names(dir)? {
@@ -181,7 +203,8 @@ pub fn start(
     })
     .context("cannot start replication")?;
     let repl = Arc::new(repl);
-    if let Some(f) = following {
+    if let Some(mut f) = following {
+        f.replicas = replica_copies;
         crate::follow::begin(f, repl.clone(), events.clone())?;
     }
     let _ = REPLICATION.set(repl);
@@ -438,7 +461,68 @@ pub fn run(dir: &Path, cmd: ClusterCmd) -> Result<i32> {
         }
         ClusterCmd::Sync { slot } => sync_with_progress(dir, slot),
         ClusterCmd::Check { file } => crate::fo::check(dir, file),
+        ClusterCmd::State { json } => print_state(dir, json),
     }
+}
+
+/// `tandem cluster state [--json]`: the snapshot as the configured backend holds it. JSON:
+/// `{"revision":N,"now_unix_ms":N,"slots":{NAME:{master,epoch,moving_to?}},
+/// "hosts":{NAME:{expires_unix_ms,alive}},"positions":{SLOT:{HOST:{epoch,score,at_unix_ms}}}}`.
+fn print_state(dir: &Path, as_json: bool) -> Result<i32> {
+    let cfg = Config::load(dir)?;
+    let state = crate::follow::open_state(dir, &cfg)?.context(
+        "no cluster state: set [cluster] state = \"PATH\" in tandem.toml (docs/cluster.md)",
+    )?;
+    let snap = state.snapshot()?;
+    let now = cluster::state::now_unix_ms();
+    if as_json {
+        let hosts: serde_json::Map<String, serde_json::Value> = snap
+            .hosts
+            .iter()
+            .map(|(h, l)| {
+                let v = serde_json::json!({
+                    "expires_unix_ms": l.expires_unix_ms,
+                    "alive": l.alive(now),
+                });
+                (h.clone(), v)
+            })
+            .collect();
+        let out = serde_json::json!({
+            "revision": snap.revision,
+            "now_unix_ms": now,
+            "slots": snap.slots,
+            "hosts": hosts,
+            "positions": snap.positions,
+        });
+        println!("{out}");
+        return Ok(0);
+    }
+    println!("revision {}", snap.revision);
+    for (name, s) in &snap.slots {
+        let moving = s
+            .moving_to
+            .as_ref()
+            .map(|t| format!(" moving to {t}"))
+            .unwrap_or_default();
+        println!("slot {name} master {} epoch {}{moving}", s.master, s.epoch);
+    }
+    for (name, l) in &snap.hosts {
+        let left = l.expires_unix_ms.saturating_sub(now);
+        if l.alive(now) {
+            println!("host {name} alive ({left} ms left)");
+        } else {
+            println!("host {name} DOWN");
+        }
+    }
+    for (slot, copies) in &snap.positions {
+        for (host, p) in copies {
+            println!(
+                "position {slot} {host} epoch {} score {} at {}",
+                p.epoch, p.score, p.at_unix_ms
+            );
+        }
+    }
+    Ok(0)
 }
 
 /// Starts a full compare of each slot and draws its progress until every replica of those

@@ -42,6 +42,9 @@ pub struct Config {
     /// `[tls_policy]`: allow / notify / require TLS for logins (see `tlspolicy.rs`).
     #[serde(default)]
     pub tls_policy: crate::tlspolicy::Settings,
+    /// `[frontend]`: listeners of the frontend role (see `frontend/mod.rs`).
+    #[serde(default)]
+    pub frontend: crate::frontend::FrontendListen,
     /// `[testing]`: test-only knobs (see `tlspolicy::Testing`).
     #[serde(default)]
     pub testing: crate::tlspolicy::Testing,
@@ -61,9 +64,10 @@ pub struct ClusterFiles {
     pub key: Option<PathBuf>,
     /// Bound on each replication socket read and write; default 30.
     pub io_timeout_secs: Option<u64>,
-    /// Embedded cluster state: a directory every host of this machine points at (see
-    /// docs/cluster.md). Unset: masters are fixed by cluster.toml, no failover.
-    pub state: Option<PathBuf>,
+    /// Cluster state: `etcd://HOST:PORT[,HOST:PORT...][/PREFIX]`, or a directory every
+    /// host of this machine points at (embedded backend; see docs/cluster.md). Unset:
+    /// masters are fixed by cluster.toml, no failover.
+    pub state: Option<String>,
     /// How long a host's lease lasts; a master stops writing before it can expire.
     /// Default 3000.
     pub lease_ttl_ms: Option<u64>,
@@ -361,6 +365,15 @@ pub const DEFAULT_TOML: &str = r#"# Tandem host settings. Every key is optional;
 # io_timeout_secs = 30
 # state = "/srv/tandem-state"      # embedded cluster state shared by the hosts (docs/cluster.md)
 # lease_ttl_ms = 3000
+
+[frontend]                        # hosts whose cluster.toml roles include "frontend"
+# imap = "0.0.0.0:143"              # unset keys are not served; with the store role too,
+# imaps = "0.0.0.0:993"             #   use other addresses than [listen]
+# pop3 = "0.0.0.0:110"
+# pop3s = "0.0.0.0:995"
+# lmtp = "10.0.0.11:24"             # from the MX hosts
+# submission = "0.0.0.0:587"
+# submissions = "0.0.0.0:465"
 
 [events]
 # webhook_url = "http://127.0.0.1:9000/tandem"   # POST each alert as JSON (plain HTTP only)

@@ -1,5 +1,10 @@
 //! Local delivery: the one place that answers "is this address local, and whose is it"
 //! and turns an accepted message into durable records in the recipient's slot.
+//!
+//! On a host with the frontend role, an account whose slot is mastered elsewhere is still
+//! local (it is ours): [`LocalDelivery::remote`] is set, and delivery to such an account
+//! goes by LMTP to the slot's master (`frontend/lmtp.rs`). Without it (store hosts) such
+//! an account is a temporary failure, as before.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -12,6 +17,8 @@ pub struct LocalDelivery {
     /// `[domains] local` from tandem.toml, lower case; `None`: the domains of existing
     /// accounts plus `localhost` (recomputed as accounts come and go).
     pub local_domains: Option<Vec<String>>,
+    /// Set on frontend hosts: where mail for accounts whose slot is not served here goes.
+    pub remote: std::sync::OnceLock<Arc<crate::frontend::lmtp::RemoteDelivery>>,
 }
 
 /// What an address is to this host.
@@ -60,16 +67,7 @@ impl LocalDelivery {
     /// `postmaster` (RFC 5321 §4.1.1.3) means postmaster at the first local domain.
     pub fn classify(&self, address: &str) -> Result<Locality, StoreError> {
         let address = if address.eq_ignore_ascii_case("postmaster") {
-            let first = match &self.local_domains {
-                Some(list) => list.first().cloned(),
-                None => self
-                    .directory
-                    .load()?
-                    .accounts
-                    .first()
-                    .and_then(|a| a.address.rsplit_once('@').map(|(_, d)| d.to_string())),
-            };
-            format!("postmaster@{}", first.unwrap_or_else(|| "localhost".into()))
+            self.postmaster_address()?
         } else {
             address.to_string()
         };
@@ -79,10 +77,49 @@ impl LocalDelivery {
         if !self.is_local_domain(domain)? {
             return Ok(Locality::Remote);
         }
+        if self.remote.get().is_some() {
+            // A frontend: the account decides, wherever its slot is served.
+            return Ok(match self.account_of(&address)? {
+                Some(a) => Locality::Local(a.address),
+                None => Locality::UnknownLocal,
+            });
+        }
         Ok(match self.resolve(&address)? {
             Some((user, _)) => Locality::Local(user),
             None => Locality::UnknownLocal,
         })
+    }
+
+    /// The account an address delivers to, whether or not its slot is served on this
+    /// host: what a frontend routes by. The domain-less `postmaster` is mapped as in
+    /// [`LocalDelivery::classify`]; `+detail` is dropped.
+    pub fn account_of(
+        &self,
+        address: &str,
+    ) -> Result<Option<store::directory::Account>, StoreError> {
+        let address = if address.eq_ignore_ascii_case("postmaster") {
+            self.postmaster_address()?
+        } else {
+            address.to_string()
+        };
+        let (base, _) = split_detail(&address);
+        Ok(self.directory.load()?.get(&base).cloned())
+    }
+
+    fn postmaster_address(&self) -> Result<String, StoreError> {
+        let first = match &self.local_domains {
+            Some(list) => list.first().cloned(),
+            None => self
+                .directory
+                .load()?
+                .accounts
+                .first()
+                .and_then(|a| a.address.rsplit_once('@').map(|(_, d)| d.to_string())),
+        };
+        Ok(format!(
+            "postmaster@{}",
+            first.unwrap_or_else(|| "localhost".into())
+        ))
     }
 
     /// The account an address delivers to, if it is local.
@@ -112,12 +149,26 @@ impl LocalDelivery {
     }
 
     /// Delivers to one local recipient, into INBOX (or its `+detail` folder) or, for
-    /// `Folder::Junk`, the user's Junk folder. Durable when it returns `Delivered`.
+    /// `Folder::Junk`, the user's Junk folder. Durable when it returns `Delivered`. On a
+    /// frontend, a recipient whose slot is mastered elsewhere goes to that master.
     pub async fn deliver_one(
         &self,
         rcpt: &str,
         message: &Arc<[u8]>,
         folder: smtp::Folder,
+    ) -> smtp::DeliveryOutcome {
+        self.deliver(rcpt, message, folder, true).await
+    }
+
+    /// `forward`: may a recipient whose slot is not served here go to its master? Never
+    /// on the LMTP path (`smtp::Deliver`), which is also what the proxy listener runs: a
+    /// host whose view of the state is stale must not send mail to itself in a loop.
+    async fn deliver(
+        &self,
+        rcpt: &str,
+        message: &Arc<[u8]>,
+        folder: smtp::Folder,
+        forward: bool,
     ) -> smtp::DeliveryOutcome {
         use smtp::DeliveryOutcome as D;
         // Only the domain-less postmaster needs classify's mapping; everyone else resolves
@@ -132,6 +183,15 @@ impl LocalDelivery {
         let (user, slot) = match self.resolve(rcpt) {
             Ok(Some(x)) => x,
             Ok(None) => return D::PermFail("no such user".into()),
+            Err(StoreError::Unavailable { .. }) if forward && self.remote.get().is_some() => {
+                // Not mastered here: to the slot's master (a frontend). The null sender:
+                // LMTP adds no header from it, and no bounce goes back through us.
+                let remote = self.remote.get().cloned();
+                return match remote {
+                    Some(r) => r.deliver_one(rcpt, message).await,
+                    None => D::TempFail("mailbox temporarily unavailable".into()),
+                };
+            }
             Err(e) => return D::TempFail(Self::unavailable_text(&e)),
         };
         let (_, detail) = split_detail(rcpt);
@@ -213,7 +273,7 @@ impl smtp::Deliver for LocalDelivery {
         let futs = envelope
             .rcpt_to
             .iter()
-            .map(|r| self.deliver_one(r, &message, smtp::Folder::Inbox));
+            .map(|r| self.deliver(r, &message, smtp::Folder::Inbox, false));
         join_all(futs).await
     }
 }
@@ -300,6 +360,7 @@ mod tests {
             directory,
             slots: HashMap::from([("s1".to_string(), slot)]),
             local_domains: None,
+            remote: Default::default(),
         };
         let small: Arc<[u8]> = Arc::from(&b"Subject: hi\r\n\r\nx\r\n"[..]);
         let big: Arc<[u8]> = Arc::from(vec![b'x'; 200]);

@@ -203,6 +203,10 @@ fn wait_master(
     }
 }
 
+/// How long `fo -K` waits for the live copies to tell how current they are (they do at
+/// their next lease renewal, every third of the lease).
+const POSITIONS_WAIT: Duration = Duration::from_secs(4);
+
 fn apply(
     ctx: &Ctx,
     x: &Action,
@@ -238,6 +242,7 @@ fn apply(
             from,
             to,
             epoch,
+            auto,
         } => {
             let lease = snap.hosts.get(from).map(|l| l.expires_unix_ms).unwrap_or(0);
             if lease > now_unix_ms() && dead.is_some() {
@@ -261,9 +266,15 @@ fn apply(
             if expires > now {
                 std::thread::sleep(Duration::from_millis(expires - now + 50));
             }
+            let (to, why) = if *auto {
+                pick_most_current(ctx, slot, from, to, expires, wait)?
+            } else {
+                (to.clone(), String::new())
+            };
+            let to = &to;
             match st.promote(slot, *epoch, to) {
                 Ok(s) => Ok(format!(
-                    "{slot}: {from} dead, {to} promoted (epoch {})",
+                    "{slot}: {from} dead, {to} promoted (epoch {}){why}",
                     s.epoch
                 )),
                 Err(StateError::EpochMismatch { current, .. }) if current.master == *to => {
@@ -271,6 +282,42 @@ fn apply(
                 }
                 Err(e) => Err(e.into()),
             }
+        }
+    }
+}
+
+/// Once the dead master's lease has run out, every live copy publishes how current it is
+/// (at its next lease renewal); waits for them (at most `POSITIONS_WAIT`) and returns the
+/// most current, with a note for the output line. Falls back to `planned` (config order)
+/// when no copy published in time.
+fn pick_most_current(
+    ctx: &Ctx,
+    slot: &str,
+    from: &str,
+    planned: &str,
+    dead_since_ms: u64,
+    wait: Duration,
+) -> Result<(String, String)> {
+    let start = Instant::now();
+    let limit = wait.min(POSITIONS_WAIT);
+    let mut seen = 0;
+    loop {
+        let snap = ctx.state.watch(seen, Duration::from_millis(100))?;
+        seen = snap.revision;
+        let (best, all) =
+            cluster::fo::most_current(&ctx.cfg, &snap, slot, from, dead_since_ms, now_unix_ms());
+        if all || start.elapsed() >= limit {
+            return Ok(match best {
+                Some(b) => {
+                    let score = snap.positions[slot][&b].score;
+                    let note = if all { "" } else { ", not every copy answered" };
+                    (b, format!(", most current: {score} changes{note}"))
+                }
+                None => (
+                    planned.to_string(),
+                    ", no copy told how current it is".to_string(),
+                ),
+            });
         }
     }
 }

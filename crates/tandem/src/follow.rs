@@ -11,12 +11,13 @@
 
 use anyhow::{Context, Result};
 use cluster::ClusterConfig;
-use cluster::state::{ClusterState, FileState, LeaseGuard, duties, effective};
+use cluster::state::{AccountEntry, ClusterState, CopyPosition, LeaseGuard, duties, effective};
 use replication::Replication;
 use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
-use store::{Event, EventLog};
+use store::directory::{Account, Directory};
+use store::{Event, EventLog, Slot};
 
 /// Default lease; a master stops writing `LEASE_MARGIN` before it runs out.
 pub const LEASE_TTL_MS_DEFAULT: u64 = 3000;
@@ -29,6 +30,11 @@ pub struct Following {
     pub host: String,
     pub config: ClusterConfig,
     pub ttl_ms: u64,
+    /// This host's data directory (its `directory` file mirrors the state's accounts).
+    pub dir: std::path::PathBuf,
+    /// The copies this host replicates (it publishes their positions when their master
+    /// stops renewing its lease, for `fo -K`).
+    pub replicas: Vec<Slot>,
 }
 
 /// Opens the state, records every slot not there yet at its home, and returns the config
@@ -42,10 +48,12 @@ pub fn effective_config(
     let Some(p) = &cfg.cluster.state else {
         return Ok(None);
     };
-    let state: Arc<dyn ClusterState> = Arc::new(FileState::open(&dir.join(p))?);
+    let state = cluster::state::open(p, dir)?;
     for s in cluster.slots.values() {
         state.init_slot(&s.name, &s.master, s.epoch)?;
     }
+    seed_accounts(state.as_ref(), dir)?;
+    mirror_accounts(state.as_ref(), dir)?;
     let snap = state.snapshot()?;
     let eff = effective(cluster, &snap);
     let ttl_ms = cfg
@@ -60,8 +68,100 @@ pub fn effective_config(
             host: host.to_string(),
             config: cluster.clone(),
             ttl_ms,
+            dir: dir.to_path_buf(),
+            replicas: Vec::new(),
         },
     )))
+}
+
+/// The first host to follow a state whose account directory is empty brings its own
+/// accounts in (a single machine growing into a cluster). Never later: a host that was
+/// down while an account was deleted must not bring it back.
+fn seed_accounts(state: &dyn ClusterState, dir: &Path) -> Result<()> {
+    let local = Directory::new(dir).load()?;
+    if local.accounts.is_empty() || !state.accounts()?.1.is_empty() {
+        return Ok(());
+    }
+    for a in &local.accounts {
+        state.put_account(
+            &a.address,
+            &AccountEntry {
+                password: a.password.clone(),
+                slot: a.slot.clone(),
+            },
+        )?;
+    }
+    eprintln!(
+        "cluster state: brought this host's {} accounts into the empty account directory",
+        local.accounts.len()
+    );
+    Ok(())
+}
+
+/// Makes this host's `directory` file a copy of the state's account directory (the file
+/// is what IMAP, POP3 and SMTP authenticate against, so a host keeps serving logins from
+/// its last copy while the state is unreachable). Returns the accounts' revision.
+pub fn mirror_accounts(state: &dyn ClusterState, dir: &Path) -> Result<u64> {
+    let rev = state.accounts_revision()?;
+    let (_, all) = state.accounts()?;
+    let want: Vec<Account> = all
+        .into_iter()
+        .map(|(address, e)| Account {
+            address,
+            password: e.password,
+            slot: e.slot,
+        })
+        .collect();
+    let d = Directory::new(dir);
+    let mut have = d.load()?.accounts.clone();
+    have.sort_by(|a, b| a.address.cmp(&b.address));
+    if have != want {
+        d.update(|a| {
+            a.accounts = want;
+            Ok(())
+        })
+        .context("cannot write this host's copy of the account directory")?;
+    }
+    Ok(rev)
+}
+
+/// Publishes how current this host's copy of each slot is whose master no longer holds a
+/// lease, so `fo -K` can promote the most current live copy.
+fn publish_positions(f: &Following, snap: &cluster::state::Snapshot, events: &EventLog) {
+    let now = cluster::state::now_unix_ms();
+    for slot in &f.replicas {
+        let Some(st) = snap.slots.get(slot.name()) else {
+            continue;
+        };
+        if st.master == f.host || snap.alive(&st.master, now) {
+            continue;
+        }
+        let pos = slot.view().modseq_total().map(|score| CopyPosition {
+            epoch: slot.epoch().0,
+            score,
+            at_unix_ms: cluster::state::now_unix_ms(),
+        });
+        match pos {
+            Ok(p) => {
+                if let Err(e) = f.state.publish_position(slot.name(), &f.host, &p) {
+                    event(
+                        events,
+                        true,
+                        "position_unpublished",
+                        slot.name(),
+                        e.to_string(),
+                    );
+                }
+            }
+            Err(e) => event(
+                events,
+                true,
+                "position_unreadable",
+                slot.name(),
+                e.to_string(),
+            ),
+        }
+    }
 }
 
 /// Takes the first lease (so masters may write), gates replication on it, and starts the
@@ -104,6 +204,7 @@ fn follow(
 ) {
     let mut complained = false;
     let mut renewed_at = Instant::now();
+    let mut accounts_seen = None;
     loop {
         // Wake on any change, and when the next renewal is due (every third of the lease).
         // Other hosts' renewals wake us too, but we only read then: renewing on every
@@ -155,6 +256,17 @@ fn follow(
         if due {
             guard.renewed(t);
             renewed_at = t;
+            publish_positions(&f, &snap, &events);
+        }
+        match f.state.accounts_revision() {
+            Ok(r) if accounts_seen != Some(r) => match mirror_accounts(f.state.as_ref(), &f.dir) {
+                Ok(r) => accounts_seen = Some(r),
+                Err(e) => events.raise(Event::alert(
+                    "directory_unmirrored",
+                    format!("cannot copy the account directory from the cluster state: {e:#}"),
+                )),
+            },
+            _ => {}
         }
         for (slot, _, epoch) in started.iter().filter(|d| d.1 == f.host) {
             if let Some(s) = snap.slots.get(slot)
@@ -283,7 +395,7 @@ pub fn open_state(
     cfg: &crate::config::Config,
 ) -> Result<Option<Arc<dyn ClusterState>>> {
     match &cfg.cluster.state {
-        Some(p) => Ok(Some(Arc::new(FileState::open(&dir.join(p))?))),
+        Some(p) => Ok(Some(cluster::state::open(p, dir)?)),
         None => Ok(None),
     }
 }

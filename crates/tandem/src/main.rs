@@ -9,6 +9,7 @@ mod dkim;
 mod events;
 mod fo;
 mod follow;
+mod frontend;
 mod help;
 mod mail;
 mod mailserve;

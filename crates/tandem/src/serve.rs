@@ -136,6 +136,9 @@ async fn serve(
     let _ = std::fs::remove_file(&admin_path);
     let admin_l = tokio::net::UnixListener::bind(&admin_path)
         .with_context(|| format!("cannot create {}", admin_path.display()))?;
+    // Before the admin socket can answer, so `srv status` never sees a server that answers
+    // without a pid (it says "starting" until it answers).
+    crate::srv::wrote_pid(dir);
 
     let imap_cfg = imap::ImapConfig {
         hostname: hostname.clone(),
@@ -181,6 +184,7 @@ async fn serve(
             .local
             .as_ref()
             .map(|v| v.iter().map(|d| d.trim().to_lowercase()).collect()),
+        remote: Default::default(),
     });
     let mail = crate::mailserve::start(
         dir, &cfg, &acceptor, &events, &directory, &limiter, &delivery,
@@ -198,6 +202,23 @@ async fn serve(
     pop3.set_login_gate(policy.clone());
     let _ = mail.backend.gate.set(policy.clone());
     let conns = Arc::new(Semaphore::new(cfg.limits.connections_max));
+    // The frontend role and the proxy listener frontends reach this store host on.
+    let frontend_lines = crate::frontend::start(crate::frontend::Wiring {
+        dir,
+        cfg: &cfg,
+        acceptor: &acceptor,
+        directory: &directory,
+        limiter: &limiter,
+        gate: policy.clone(),
+        imap: &imap,
+        pop3: &pop3,
+        delivery: &delivery,
+        lmtp: &lmtp_cfg,
+        mail: &mail,
+        served: slots.keys().cloned().collect(),
+        conns: &conns,
+    })
+    .await?;
     // The web front: help pages (issue 9), plain and TLS.
     let site = Arc::new(crate::help::HelpSite::new(&cfg)?);
     let web_cfg = Arc::new(web::WebConfig::default());
@@ -281,6 +302,9 @@ async fn serve(
             println!("  {key:<12} {addr}");
         }
     }
+    for l in &frontend_lines {
+        println!("{l}");
+    }
     println!("  slots        {}", {
         let mut v: Vec<_> = slots.keys().cloned().collect();
         v.sort();
@@ -303,7 +327,6 @@ async fn serve(
         "server_started",
         format!("serving {} slots", slots.len()),
     ));
-    crate::srv::wrote_pid(dir);
 
     stop.await;
     crate::cluster::stop();
@@ -337,8 +360,12 @@ fn stop_signals() -> Result<impl std::future::Future<Output = ()>> {
     })
 }
 
-async fn accept_loop<F, Fut>(l: TcpListener, conns: Arc<Semaphore>, key: &'static str, handler: F)
-where
+pub(crate) async fn accept_loop<F, Fut>(
+    l: TcpListener,
+    conns: Arc<Semaphore>,
+    key: &'static str,
+    handler: F,
+) where
     F: Fn(tokio::net::TcpStream, SocketAddr) -> Fut + Send + 'static,
     Fut: std::future::Future<Output = ()> + Send + 'static,
 {

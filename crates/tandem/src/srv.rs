@@ -1,9 +1,10 @@
 //! `tandem srv all|ROLE start|stop|status`: the service on this host, as the seed's
 //! `srv all stop` / `srv all start`. This build runs every role in one `tandem serve`
-//! process, so `all` and `store` act on that process; `frontend` is refused until the
-//! frontend role exists. The running server's pid is in `DIR/serve.pid` (written once it
-//! serves, removed at a clean stop); stop is SIGTERM, which drains: listeners close,
-//! slots flush, replication stops.
+//! process, so `all`, `store` and `frontend` act on that process; `frontend` is refused
+//! on a host whose cluster.toml roles do not include it. The running server's pid is in
+//! `DIR/serve.pid` (written once it owns the data directory, removed at a clean stop;
+//! `status` says "starting" until it answers); stop is SIGTERM, which drains: listeners
+//! close, slots flush, replication stops.
 
 use anyhow::{Context, Result, bail};
 use std::path::{Path, PathBuf};
@@ -35,11 +36,34 @@ pub struct SrvArgs {
 /// How long start waits for the server to answer, and stop for it to exit.
 const WAIT_MAX: Duration = Duration::from_secs(60);
 
+/// `srv frontend` on a host without the frontend role would act on the store process by
+/// surprise: refuse, saying why.
+fn refuse_unless_frontend(dir: &Path) -> Result<()> {
+    let cfg = crate::config::Config::load(dir)?;
+    let Some(host) = cfg.host.clone() else {
+        bail!(
+            "this host is not in a cluster (no host = \"...\" in tandem.toml), so it has no \
+             frontend role; use `srv all`"
+        );
+    };
+    let (path, _) = crate::cluster::files(dir, &cfg, &host);
+    let cluster = cluster::ClusterConfig::load(&path)?;
+    match cluster.host(&host) {
+        Some(h) if h.has_role(cluster::HostRole::Frontend) => Ok(()),
+        Some(h) => bail!(
+            "host {host} has roles {:?} in {}, not \"frontend\"; use `srv all` or `srv store`",
+            h.roles.iter().map(|r| r.as_str()).collect::<Vec<_>>(),
+            path.display()
+        ),
+        None => bail!("{} has no [hosts.{host}]", path.display()),
+    }
+}
+
 fn pid_path(dir: &Path) -> PathBuf {
     dir.join("serve.pid")
 }
 
-/// Called by `serve` once it serves.
+/// Called by `serve` once it owns the data directory (before its admin socket answers).
 pub fn wrote_pid(dir: &Path) {
     let _ = std::fs::write(pid_path(dir), format!("{}\n", std::process::id()));
 }
@@ -82,7 +106,7 @@ fn answers(dir: &Path) -> bool {
 
 pub fn run(dir: &Path, a: SrvArgs) -> Result<i32> {
     if matches!(a.role, SrvRole::Frontend) {
-        bail!("the frontend role is not built yet; use `srv all`");
+        refuse_unless_frontend(dir)?;
     }
     let pid = running_pid(dir);
     match a.action {

@@ -19,6 +19,11 @@ pub fn run(dir: &Path, json: bool) -> Result<i32> {
         }
         cluster_attention = attention;
     }
+    if !json {
+        for l in crate::frontend::status_lines(dir)? {
+            println!("{}", fit(l));
+        }
+    }
     let status = fetch_status(dir)?;
     if json {
         println!("{}", serde_json::to_string_pretty(&status)?);

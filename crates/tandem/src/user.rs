@@ -67,6 +67,12 @@ pub fn slot_names(dir: &Path) -> Result<Vec<String>> {
 }
 
 pub fn run(dir: &Path, cmd: UserCmd) -> Result<()> {
+    if dir.join("tandem.toml").exists() {
+        let cfg = crate::config::Config::load(dir)?;
+        if let Some(state) = crate::follow::open_state(dir, &cfg)? {
+            return run_clustered(dir, &cfg, state.as_ref(), cmd);
+        }
+    }
     let d = Directory::new(dir);
     match cmd {
         UserCmd::Add {
@@ -150,6 +156,120 @@ pub fn run(dir: &Path, cmd: UserCmd) -> Result<()> {
             if !reply.ok {
                 bail!("{}", reply.message);
             }
+            println!("{}", reply.message);
+        }
+    }
+    Ok(())
+}
+
+/// `tandem user ...` with a cluster state: the account directory lives there (every host
+/// mirrors it into its `directory` file within a moment; see `follow::mirror_accounts`).
+fn run_clustered(
+    dir: &Path,
+    cfg: &crate::config::Config,
+    state: &dyn cluster::state::ClusterState,
+    cmd: UserCmd,
+) -> Result<()> {
+    use cluster::state::AccountEntry;
+    match cmd {
+        UserCmd::Add {
+            address,
+            password_stdin,
+        } => {
+            let address = directory::normalize_address(&address);
+            directory::validate_address(&address)?;
+            let pw = read_password(password_stdin)?;
+            let cluster = crate::cluster::load_config(dir, cfg)?;
+            let (_, all) = state.accounts()?;
+            if all.contains_key(&address) {
+                bail!("cannot add {address}: it already exists");
+            }
+            // New accounts go to the slot holding the fewest.
+            let slot = cluster
+                .slots
+                .keys()
+                .min_by_key(|s| all.values().filter(|e| &e.slot == *s).count())
+                .cloned()
+                .context("cluster.toml has no slot to put the account in")?;
+            let password = directory::hash_password(&pw)?;
+            state.put_account(
+                &address,
+                &AccountEntry {
+                    password,
+                    slot: slot.clone(),
+                },
+            )?;
+            // This host's copy now, the others within a moment.
+            crate::follow::mirror_accounts(state, dir)?;
+            println!("added {address} (slot {slot})");
+        }
+        UserCmd::List => {
+            let (_, all) = state.accounts()?;
+            if all.is_empty() {
+                println!("no accounts");
+            }
+            for (address, e) in &all {
+                println!("{address}  (slot {})", e.slot);
+            }
+        }
+        UserCmd::Passwd {
+            address,
+            password_stdin,
+        } => {
+            let address = directory::normalize_address(&address);
+            let pw = read_password(password_stdin)?;
+            let Some(mut e) = state.account(&address)? else {
+                bail!("cannot change the password of {address}: no such account");
+            };
+            e.password = directory::hash_password(&pw)?;
+            state.put_account(&address, &e)?;
+            crate::follow::mirror_accounts(state, dir)?;
+            println!("password changed for {address}");
+        }
+        UserCmd::Del { address, purge } => {
+            let address = directory::normalize_address(&address);
+            let Some(e) = state.account(&address)? else {
+                bail!("{address} does not exist");
+            };
+            // The data goes where the slot's master is: only that host may write it.
+            let master = state
+                .snapshot()?
+                .slots
+                .get(&e.slot)
+                .map(|s| s.master.clone())
+                .unwrap_or_default();
+            if cfg.host.as_deref() != Some(master.as_str()) {
+                bail!(
+                    "{address} lives in slot {}, mastered by {}: run this on {} \
+                     (tandem user del {address})",
+                    e.slot,
+                    if master.is_empty() {
+                        "nobody yet"
+                    } else {
+                        &master
+                    },
+                    if master.is_empty() {
+                        "its home host"
+                    } else {
+                        &master
+                    }
+                );
+            }
+            let req = admin::Request::UserDel {
+                address: address.clone(),
+                purge,
+            };
+            let reply = match admin::call(dir, &req)? {
+                Some(r) => r,
+                None => {
+                    let slots = open_slots_offline(dir)?;
+                    user_del(&Directory::new(dir), &slots, &address, purge)
+                }
+            };
+            if !reply.ok {
+                bail!("{}", reply.message);
+            }
+            state.del_account(&address)?;
             println!("{}", reply.message);
         }
     }
