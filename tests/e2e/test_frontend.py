@@ -17,6 +17,7 @@ import poplib
 import re
 import secrets
 import smtplib
+import base64
 import socket
 import ssl
 import time
@@ -261,7 +262,8 @@ class FrontendTests:
         """Under tls = "allow" the frontend lets a plaintext LOGIN through; the master
         records it in the user's slot with the client's ID, as for a direct login."""
         user = f"plain@{DOMAIN}"
-        with self.cluster(extra_toml='[tls_policy.imap]\ntls = "allow"\n') as c:
+        allow = '[tls_policy.imap]\ntls = "allow"\n[tls_policy.submission]\ntls = "allow"\n'
+        with self.cluster(extra_toml=allow) as c:
             c.start()
             c.add_user(user, PW)
             self.assertTrue(wait_until(lambda: c.serving("a"), 20))
@@ -282,6 +284,21 @@ class FrontendTests:
             self.assertTrue(out, c["a"].cli("report", "insecure-clients").stdout)
             self.assertIn("name=OldMail", out)
             self.assertIn("127.0.0.1", out)
+            # Submission: the frontend authenticates; the master records it.
+            sm = smtplib.SMTP(HOST, c.fe_ports["submission"], local_hostname="old.e2e.test", timeout=10)
+            sm.ehlo()
+            cred = base64.b64encode(f"\0{user}\0{PW}".encode()).decode()
+            code, text = sm.docmd("AUTH", f"PLAIN {cred}")
+            self.assertEqual(code, 235, text)
+            sm.quit()
+
+            def reported_submission() -> bool:
+                out = c["a"].cli("report", "insecure-clients").stdout.decode()
+                return any(user in l and "submission" in l for l in out.splitlines())
+
+            self.assertTrue(wait_until(reported_submission, 10),
+                            c["a"].cli("report", "insecure-clients").stdout.decode()
+                            + c["f"].log_tail(10))
 
     def test_proxy_listener_speaks_the_header_protocol_to_frontends_only(self):
         """The store side, driven by hand: only a frontend host's certificate is accepted;

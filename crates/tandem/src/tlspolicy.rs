@@ -361,7 +361,21 @@ impl Inner {
     async fn record(&self, protocol: &str, user: &str, ip: IpAddr, client: &str) -> Result<()> {
         let (mode, cutoff) = self.mode(protocol);
         let at = self.clock.now_unix_secs();
-        let Some((user, slot)) = self.delivery.resolve(user)? else {
+        let found = match self.delivery.resolve(user) {
+            // A frontend: the account's slot is mastered elsewhere; its master records it.
+            Err(store::StoreError::Unavailable { .. })
+                if protocol == "submission" && self.delivery.remote.get().is_some() =>
+            {
+                if let Some(r) = self.delivery.remote.get() {
+                    r.note_insecure_submission_login(user, ip, client)
+                        .await
+                        .map_err(|e| anyhow::anyhow!("cannot tell the master: {e}"))?;
+                }
+                return Ok(());
+            }
+            other => other?,
+        };
+        let Some((user, slot)) = found else {
             return Ok(());
         };
         // SMTP AUTH may be the account's first use of its slot.

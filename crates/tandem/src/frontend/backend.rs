@@ -38,6 +38,8 @@ pub struct ProxyServer {
     pub pop3: Arc<pop3::Pop3Server>,
     pub delivery: Arc<LocalDelivery>,
     pub lmtp: Arc<smtp::LmtpConfig>,
+    /// The TLS policy: records the insecure submission logins frontends report.
+    pub gate: Arc<dyn store::LoginGate>,
 }
 
 impl ProxyServer {
@@ -88,6 +90,16 @@ impl ProxyServer {
                 }
                 let _ = smtp::serve_lmtp(tls, client_peer, &*self.delivery, &self.lmtp).await;
             }
+            Protocol::SubmissionLogin => {
+                let user = h.user.clone().unwrap_or_default();
+                if !self.masters_slot_of(&user).await {
+                    let _ = answer(&mut tls, &Answer::Moved(None)).await;
+                    return;
+                }
+                self.gate
+                    .insecure_login("submission", &user, h.client_ip, &h.client_id);
+                let _ = answer(&mut tls, &Answer::Ok).await;
+            }
             Protocol::Imap | Protocol::Pop3 => {
                 let user = h.user.clone().unwrap_or_default();
                 if !self.masters_slot_of(&user).await {
@@ -127,7 +139,7 @@ impl ProxyServer {
                 };
                 self.pop3.clone().serve_preauth(tls, client).await;
             }
-            Protocol::Lmtp => {}
+            Protocol::Lmtp | Protocol::SubmissionLogin => {}
         }
     }
 

@@ -3,13 +3,16 @@
 //! one-line answer.
 //!
 //! ```text
-//! frontend → store:  TANDEM-PROXY 1 <imap|pop3|lmtp> <user> <client-ip> <yes|no> <client-id> CRLF
+//! frontend → store:  TANDEM-PROXY 1 <imap|pop3|lmtp|submission-login> <user> <client-ip> <yes|no> <client-id> CRLF
 //! store → frontend:  OK CRLF                      (then the protocol session starts)
 //!                    MOVED <host> CRLF            (this host does not master the user's slot; closed)
 //!                    ERR <reason> CRLF            (a malformed header; closed)
 //! ```
 //!
 //! - `1` is the format version; any other is refused.
+//! - `submission-login` is no session: the frontend tells the master that `user` logged in
+//!   to submission without TLS (the TLS policy's record lives in the user's slot); the
+//!   master records it and answers `OK`, and the connection ends.
 //! - `user`: the account the frontend authenticated (`imap`, `pop3`), `-` for none (`lmtp`).
 //! - `client-ip`: the client's address as the frontend saw it (IPv4 or IPv6, no port); the
 //!   store host uses it in place of the frontend's address for logging, limits and the TLS
@@ -45,6 +48,8 @@ pub enum Protocol {
     Imap,
     Pop3,
     Lmtp,
+    /// Record a submission login without TLS (no session follows).
+    SubmissionLogin,
 }
 
 impl Protocol {
@@ -53,6 +58,7 @@ impl Protocol {
             Protocol::Imap => "imap",
             Protocol::Pop3 => "pop3",
             Protocol::Lmtp => "lmtp",
+            Protocol::SubmissionLogin => "submission-login",
         }
     }
 }
@@ -188,6 +194,7 @@ impl Header {
             "imap" => Protocol::Imap,
             "pop3" => Protocol::Pop3,
             "lmtp" => Protocol::Lmtp,
+            "submission-login" => Protocol::SubmissionLogin,
             p => return Err(HeaderError::Protocol(p.chars().take(10).collect())),
         };
         let user = decode_field(f[3])?;

@@ -30,7 +30,6 @@ const LITERAL_BYTES_MAX: usize = 8 * 1024;
 const BAD_IN_A_ROW_MAX: u32 = 20;
 /// Longest first line from the store host (`* PREAUTH [CAPABILITY ...] ...`).
 const PREAUTH_LINE_BYTES_MAX: usize = 8 * 1024;
-const TLS_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(30);
 /// The words a client sees when its slot's master cannot be reached (mid-failover).
 pub const MOVING: &str =
     "[UNAVAILABLE] your mailbox is moving to another server, try again in a moment";
@@ -141,11 +140,7 @@ impl FrontImap {
         &self,
         tcp: TcpStream,
     ) -> Option<tokio_rustls::server::TlsStream<TcpStream>> {
-        let acceptor = self.tls.clone()?;
-        match tokio::time::timeout(TLS_HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
-            Ok(Ok(s)) => Some(s),
-            _ => None,
-        }
+        super::tls_accept(self.tls.as_ref()?, tcp).await
     }
 
     fn login_allowed(&self, pre: &Pre) -> bool {

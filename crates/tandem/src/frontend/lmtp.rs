@@ -49,6 +49,34 @@ impl smtp::Deliver for RemoteDelivery {
 }
 
 impl RemoteDelivery {
+    /// Tells the master of `user`'s slot that `user` logged in to submission here without
+    /// TLS, so the TLS policy's record (and any notice) happens in the user's slot as for
+    /// a direct login.
+    pub async fn note_insecure_submission_login(
+        &self,
+        user: &str,
+        ip: std::net::IpAddr,
+        client: &str,
+    ) -> Result<(), String> {
+        let acct = self
+            .local
+            .account_of(user)
+            .map_err(|e| format!("directory unavailable: {e}"))?
+            .ok_or_else(|| format!("no account {user}"))?;
+        let header = Header {
+            protocol: Protocol::SubmissionLogin,
+            user: Some(acct.address.clone()),
+            client_ip: ip,
+            client_tls: false,
+            client_id: client.to_string(),
+        };
+        self.router
+            .open(&acct.slot, &header)
+            .await
+            .map(drop)
+            .map_err(|e| e.0)
+    }
+
     /// One recipient, from the null sender (local delivery of submitted or queued mail on
     /// a frontend; see `deliver.rs`).
     pub async fn deliver_one(&self, rcpt: &str, message: &Arc<[u8]>) -> DeliveryOutcome {

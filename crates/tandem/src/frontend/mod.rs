@@ -59,6 +59,21 @@ pub const WRITE_TIMEOUT: Duration = Duration::from_secs(120);
 /// last words (the end of a LOGOUT) may take to drain to it.
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(30);
 
+/// Time a client gets for its TLS handshake (implicit TLS or STARTTLS/STLS).
+const TLS_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// The server side of a client's TLS handshake, bounded by [`TLS_HANDSHAKE_TIMEOUT`];
+/// `None` when it failed or took too long (the connection is then dropped).
+async fn tls_accept(
+    acceptor: &tokio_rustls::TlsAcceptor,
+    tcp: tokio::net::TcpStream,
+) -> Option<tokio_rustls::server::TlsStream<tokio::net::TcpStream>> {
+    match tokio::time::timeout(TLS_HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
+        Ok(Ok(s)) => Some(s),
+        _ => None,
+    }
+}
+
 /// `[frontend]` in tandem.toml.
 #[derive(Debug, Clone, Deserialize, Default)]
 #[serde(deny_unknown_fields)]
@@ -204,6 +219,7 @@ pub async fn start(w: Wiring<'_>) -> Result<Vec<String>> {
             pop3: w.pop3.clone(),
             delivery: w.delivery.clone(),
             lmtp: w.lmtp.clone(),
+            gate: w.gate.clone(),
         });
         tokio::spawn(crate::serve::accept_loop(
             l,

@@ -23,7 +23,6 @@ const LINE_BYTES_MAX: usize = 1024;
 const SASL_LINE_BYTES_MAX: usize = 4096;
 const BAD_MAX: u32 = 20;
 const AUTH_FAILURES_MAX: u32 = 5;
-const TLS_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(30);
 
 pub struct FrontPop3 {
     pub router: Arc<Router>,
@@ -108,11 +107,7 @@ impl FrontPop3 {
         &self,
         tcp: TcpStream,
     ) -> Option<tokio_rustls::server::TlsStream<TcpStream>> {
-        let acceptor = self.tls.clone()?;
-        match tokio::time::timeout(TLS_HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
-            Ok(Ok(s)) => Some(s),
-            _ => None,
-        }
+        super::tls_accept(self.tls.as_ref()?, tcp).await
     }
 
     fn login_allowed(&self, pre: &Pre) -> bool {

@@ -134,6 +134,7 @@ impl Router {
             .map_err(|_| format!("connect to {master} at {addr} timed out"))?
             .map_err(|e| format!("connect to {master} at {addr}: {e}"))?;
         let _ = tcp.set_nodelay(true);
+        keepalive(&tcp);
         let name = ServerName::try_from(master.to_string())
             .map_err(|_| format!("{master:?} is not a valid TLS server name"))?;
         let mut tls = tokio::time::timeout(CONNECT_TIMEOUT, self.connector.connect(name, tcp))
@@ -166,6 +167,24 @@ impl Router {
     }
 }
 
+/// TCP keepalive on a connection to a store host: a host that vanishes without closing its
+/// sockets (power loss, a cut cable) ends the splice, and so the client's connection, after
+/// [`KEEPALIVE_IDLE`] + [`KEEPALIVE_RETRIES`] × [`KEEPALIVE_INTERVAL`] (90 s) instead of
+/// TCP's two hours; the client then reconnects and is routed to the new master.
+fn keepalive(tcp: &TcpStream) {
+    let ka = socket2::TcpKeepalive::new()
+        .with_time(KEEPALIVE_IDLE)
+        .with_interval(KEEPALIVE_INTERVAL)
+        .with_retries(KEEPALIVE_RETRIES);
+    if let Err(e) = socket2::SockRef::from(tcp).set_tcp_keepalive(&ka) {
+        eprintln!("frontend: cannot set TCP keepalive on a store connection: {e}");
+    }
+}
+
+const KEEPALIVE_IDLE: Duration = Duration::from_secs(60);
+const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(10);
+const KEEPALIVE_RETRIES: u32 = 3;
+
 /// The watch thread: ends when the router is dropped.
 fn watch(router: std::sync::Weak<Router>) {
     let mut seen = match router.upgrade() {
@@ -186,5 +205,22 @@ fn watch(router: std::sync::Weak<Router>) {
             }
             Err(_) => std::thread::sleep(WATCH_RETRY),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn store_connections_carry_tcp_keepalive() {
+        let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let tcp = TcpStream::connect(l.local_addr().unwrap()).await.unwrap();
+        keepalive(&tcp);
+        let s = socket2::SockRef::from(&tcp);
+        assert!(s.keepalive().unwrap());
+        assert_eq!(s.tcp_keepalive_time().unwrap(), KEEPALIVE_IDLE);
+        assert_eq!(s.tcp_keepalive_interval().unwrap(), KEEPALIVE_INTERVAL);
+        assert_eq!(s.tcp_keepalive_retries().unwrap(), KEEPALIVE_RETRIES);
     }
 }
