@@ -1303,6 +1303,49 @@ fn distinct(uids: &[Uid]) -> Vec<Uid> {
     uids.iter().copied().filter(|u| seen.insert(*u)).collect()
 }
 
+/// UIDs every mailbox skips when its copy is promoted to a new epoch (see
+/// [`skip_promotion_gap`]).
+pub const PROMOTION_GAP: u32 = 100_000;
+
+/// Raises every mailbox's UIDNEXT by [`PROMOTION_GAP`] when a copy becomes master at a
+/// new epoch. A master makes a commit visible to its own IMAP sessions before any replica
+/// has it, so after an unclean failover (`fo -K`) clients may have seen UIDs the promoted
+/// copy never got; without the gap it would give them to other messages, and a client
+/// would see one UID name two messages. The dead master's unreplicated tail is far
+/// shorter than the gap (replication lag is milliseconds); what it holds comes back when
+/// it rejoins, as new messages above the gap (split-brain merge).
+///
+/// HIGHESTMODSEQ is deliberately *not* raised: the VANISHED floor is HIGHESTMODSEQ minus
+/// a window, and raising it would make the old master's unreplicated messages look long
+/// expunged to the full compare, which would drop them on rejoin. So a CONDSTORE client
+/// of the dead master may miss flag changes made on the new master at MODSEQs it already
+/// saw, until its next full resync (documented in docs/cluster.md).
+///
+/// Runs in the promotion's own batch, only when the epoch goes up: a restart at the same
+/// epoch skips nothing. (A crash after the `SLOT` header took the new epoch but before the
+/// batch's journal fsync loses the gap; the copy then serves without it.) A header that
+/// fails its checksum is left alone, with an alert (audit rebuilds it).
+fn skip_promotion_gap(s: &Shared, st: &mut Stage<'_>) -> Result<(), StoreError> {
+    let mut bumped = Vec::new();
+    for g in s.ks.mailboxes.iter() {
+        let (k, v) = g.into_inner()?;
+        match MailboxHeader::decode(&k, &v) {
+            Ok(mut h) => {
+                h.uidnext = Uid(h.uidnext.0.saturating_add(PROMOTION_GAP));
+                bumped.push(h);
+            }
+            Err(e) => s.alert(Event::alert(
+                "promotion_gap_skipped",
+                format!("a damaged mailbox header kept its UIDNEXT at promotion: {e}"),
+            )),
+        }
+    }
+    for h in bumped {
+        st.put(Ks::Mailboxes, &mailbox_key(h.id), h.encode());
+    }
+    Ok(())
+}
+
 /// `Op::SetEpoch`: raises the copy's epoch (never lowers it). With `promote` (this copy
 /// becomes or stays master at `epoch`), raises `next_mailbox_id` to `(epoch - 1) << 32`,
 /// so mailboxes created under different epochs — on both sides of a split brain — never
@@ -1323,6 +1366,9 @@ pub(crate) fn set_epoch(
     if promote {
         let mut st = Stage::new(s);
         st.raise_counter(CTR_MAILBOX_ID, (epoch.0.saturating_sub(1)) << 32)?;
+        if epoch.0 > current {
+            skip_promotion_gap(s, &mut st)?;
+        }
         st.into_batch(batch);
     }
     if epoch.0 > current {

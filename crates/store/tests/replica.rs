@@ -389,6 +389,51 @@ fn a_replica_ahead_of_its_master_refuses_and_reconcile_keeps_every_message_once(
     m.check().unwrap();
 }
 
+#[test]
+fn a_copy_promoted_to_a_new_epoch_skips_a_gap_of_uids_once() {
+    let (_em, _er, m, r) = pair();
+    for i in 0..3 {
+        deliver(&m, "INBOX", &format!("Subject: m {i}\r\n\r\n{i}\r\n"));
+    }
+    copy_blobs(&m, &r);
+    apply(&r, batch_for(&m, &r, USER));
+    let before = r.view().mailbox_by_name(USER, "INBOX").unwrap().unwrap();
+    assert_eq!(before.uidnext, Uid(4));
+    let promote = |e| {
+        r.execute(Op::SetEpoch {
+            epoch: Epoch(e),
+            promote: true,
+        })
+        .unwrap()
+    };
+    // Promoted at the epoch it already has (a master's restart): nothing skipped.
+    promote(1);
+    let same = r.view().mailbox_by_name(USER, "INBOX").unwrap().unwrap();
+    assert_eq!(same.uidnext, Uid(4));
+    promote(2);
+    let after = r.view().mailbox_by_name(USER, "INBOX").unwrap().unwrap();
+    let gap = store::replica::PROMOTION_GAP;
+    assert_eq!(after.uidnext.0, 4 + gap);
+    assert_eq!(
+        after.highestmodseq, before.highestmodseq,
+        "MODSEQs are not skipped"
+    );
+    assert_eq!((after.exists, after.digest), (before.exists, before.digest));
+    promote(2); // a restart at the new epoch: no second gap
+    assert_eq!(
+        r.view()
+            .mailbox_by_name(USER, "INBOX")
+            .unwrap()
+            .unwrap()
+            .uidnext,
+        after.uidnext
+    );
+    // The next message takes a UID no client of the old master can have seen.
+    let uid = deliver(&r, "INBOX", "Subject: on the new master\r\n\r\nn\r\n");
+    assert_eq!(uid.0, 4 + gap);
+    r.check().unwrap();
+}
+
 #[derive(Default)]
 struct Recorder {
     groups: Mutex<Vec<CommittedGroup>>,
