@@ -8,7 +8,6 @@
 //! login that succeeds is reported to the policy.
 
 use store::Op;
-use store::directory::AuthOutcome;
 
 use crate::resp::Reply;
 use crate::session::Session;
@@ -124,31 +123,17 @@ impl Session {
     }
 
     async fn check_password(&mut self, user: &str, pass: &[u8]) -> Reply {
-        let (dir, limiter, ip) = (
+        let checked = crate::check_password(
             self.server.directory.clone(),
             self.server.limiter.clone(),
+            user,
+            pass,
             self.peer.ip(),
-        );
-        let (user_c, pass) = (user.to_string(), pass.to_vec());
-        let outcome =
-            tokio::task::spawn_blocking(move || limiter.authenticate(&dir, &user_c, &pass, ip))
-                .await;
-        let account = match outcome {
-            Ok(Ok(AuthOutcome::Ok(a))) => a,
-            Ok(Ok(AuthOutcome::Failed)) => {
-                return Reply::no("[AUTHENTICATIONFAILED] Invalid credentials");
-            }
-            Ok(Ok(AuthOutcome::Throttled(d))) => {
-                return Reply::no(format!(
-                    "[UNAVAILABLE] Too many failed logins; try again in {} s",
-                    d.as_secs().max(1)
-                ));
-            }
-            Ok(Err(_)) | Err(_) => {
-                return Reply::no(
-                    "[UNAVAILABLE] The account directory cannot be read; try again later",
-                );
-            }
+        )
+        .await;
+        let account = match checked {
+            Ok(a) => a,
+            Err(text) => return Reply::no(text),
         };
         self.begin_user(account).await
     }

@@ -268,3 +268,31 @@ pub fn plain_error_reply(e: store::directory::PlainError) -> &'static str {
         E::OtherIdentity => "NO [AUTHORIZATIONFAILED] Acting as another user is not allowed",
     }
 }
+
+/// Checks `user`'s password against the directory (with the failed-login throttling), off
+/// the async threads: the account, or the text of the tagged `NO` (after `NO `). The one
+/// check of the store's IMAP sessions and the IMAP frontend.
+pub async fn check_password(
+    directory: Arc<Directory>,
+    limiter: Arc<AuthLimiter>,
+    user: &str,
+    pass: &[u8],
+    ip: std::net::IpAddr,
+) -> Result<store::directory::Account, String> {
+    use store::directory::AuthOutcome;
+    let (user, pass) = (user.to_string(), pass.to_vec());
+    let outcome =
+        tokio::task::spawn_blocking(move || limiter.authenticate(&directory, &user, &pass, ip))
+            .await;
+    match outcome {
+        Ok(Ok(AuthOutcome::Ok(a))) => Ok(a),
+        Ok(Ok(AuthOutcome::Failed)) => Err("[AUTHENTICATIONFAILED] Invalid credentials".into()),
+        Ok(Ok(AuthOutcome::Throttled(d))) => Err(format!(
+            "[UNAVAILABLE] Too many failed logins; try again in {} s",
+            d.as_secs().max(1)
+        )),
+        Ok(Err(_)) | Err(_) => {
+            Err("[UNAVAILABLE] The account directory cannot be read; try again later".into())
+        }
+    }
+}

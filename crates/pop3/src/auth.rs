@@ -7,8 +7,10 @@
 //! (`store::LoginGate`, or `allow_plaintext_auth` without one) allows it; a plaintext
 //! login that succeeds is reported to the policy.
 
+use std::net::IpAddr;
+use std::sync::Arc;
 use store::Op;
-use store::directory::AuthOutcome;
+use store::directory::{Account, AuthLimiter, AuthOutcome, Directory};
 use tokio::io::{AsyncRead, AsyncWrite};
 
 use crate::command::Line;
@@ -118,30 +120,21 @@ impl Session {
         user: &str,
         pass: &[u8],
     ) -> Flow {
-        let (dir, limiter, ip) = (
+        let checked = check_password(
             self.server.directory.clone(),
             self.server.limiter.clone(),
+            user,
+            pass,
             self.peer.ip(),
-        );
-        let (user_c, pass) = (user.to_string(), pass.to_vec());
-        let outcome =
-            tokio::task::spawn_blocking(move || limiter.authenticate(&dir, &user_c, &pass, ip))
-                .await;
-        let refused = match outcome {
-            Ok(Ok(AuthOutcome::Ok(a))) => Ok(a),
-            Ok(Ok(AuthOutcome::Failed)) => Err("[AUTH] Invalid credentials".to_string()),
-            Ok(Ok(AuthOutcome::Throttled(d))) => Err(format!(
-                "[SYS/TEMP] Too many failed logins; try again in {} s",
-                d.as_secs().max(1)
-            )),
-            Ok(Err(_)) | Err(_) => {
-                conn.err("[SYS/TEMP] The account directory cannot be read; try again later");
+        )
+        .await;
+        let account = match checked {
+            Ok(a) => a,
+            Err(Refusal::Unavailable(text)) => {
+                conn.err(text);
                 return Flow::Continue;
             }
-        };
-        let account = match refused {
-            Ok(a) => a,
-            Err(text) => {
+            Err(Refusal::Failed(text)) => {
                 self.auth_failures += 1;
                 if self.auth_failures >= AUTH_FAILURES_MAX {
                     conn.err(&format!(
@@ -218,6 +211,42 @@ impl Session {
         self.state = State::Transaction(Box::new(Transaction { name, slot, drop }));
         conn.ok(&format!("Logged in; {count} messages ({octets} octets)"));
         Flow::Continue
+    }
+}
+
+/// Why a POP3 login was refused, with its `-ERR` text.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Refusal {
+    /// Wrong password, unknown account or throttled: counts as a failed attempt.
+    Failed(String),
+    /// The account directory cannot be read: not the client's fault.
+    Unavailable(&'static str),
+}
+
+/// Checks `user`'s password against the directory (with the failed-login throttling),
+/// off the async threads: the account, or why not. The one check of the store's POP3
+/// sessions and the POP3 frontend.
+pub async fn check_password(
+    directory: Arc<Directory>,
+    limiter: Arc<AuthLimiter>,
+    user: &str,
+    pass: &[u8],
+    ip: IpAddr,
+) -> Result<Account, Refusal> {
+    let (user, pass) = (user.to_string(), pass.to_vec());
+    let outcome =
+        tokio::task::spawn_blocking(move || limiter.authenticate(&directory, &user, &pass, ip))
+            .await;
+    match outcome {
+        Ok(Ok(AuthOutcome::Ok(a))) => Ok(a),
+        Ok(Ok(AuthOutcome::Failed)) => Err(Refusal::Failed("[AUTH] Invalid credentials".into())),
+        Ok(Ok(AuthOutcome::Throttled(d))) => Err(Refusal::Failed(format!(
+            "[SYS/TEMP] Too many failed logins; try again in {} s",
+            d.as_secs().max(1)
+        ))),
+        Ok(Err(_)) | Err(_) => Err(Refusal::Unavailable(
+            "[SYS/TEMP] The account directory cannot be read; try again later",
+        )),
     }
 }
 

@@ -34,7 +34,7 @@ pub mod command;
 pub mod dot;
 
 mod auth;
-pub use auth::plain_error_text;
+pub use auth::{Refusal, check_password, plain_error_text};
 mod maildrop;
 mod session;
 mod transaction;

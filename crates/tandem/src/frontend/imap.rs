@@ -21,7 +21,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 use store::LoginGate;
-use store::directory::{AuthLimiter, AuthOutcome, Directory};
+use store::directory::{AuthLimiter, Directory};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
 
@@ -326,30 +326,17 @@ impl FrontImap {
     }
 
     async fn login(&self, pre: &mut Pre, tag: &str, user: &str, pass: &[u8]) -> Step {
-        let (dir, limiter, ip) = (self.directory.clone(), self.limiter.clone(), pre.peer.ip());
-        let (u, p) = (user.to_string(), pass.to_vec());
-        let outcome =
-            tokio::task::spawn_blocking(move || limiter.authenticate(&dir, &u, &p, ip)).await;
-        let account = match outcome {
-            Ok(Ok(AuthOutcome::Ok(a))) => a,
-            Ok(Ok(AuthOutcome::Failed)) => {
-                return pre.tagged(tag, "NO [AUTHENTICATIONFAILED] Invalid credentials");
-            }
-            Ok(Ok(AuthOutcome::Throttled(d))) => {
-                return pre.tagged(
-                    tag,
-                    &format!(
-                        "NO [UNAVAILABLE] Too many failed logins; try again in {} s",
-                        d.as_secs().max(1)
-                    ),
-                );
-            }
-            Ok(Err(_)) | Err(_) => {
-                return pre.tagged(
-                    tag,
-                    "NO [UNAVAILABLE] The account directory cannot be read; try again later",
-                );
-            }
+        let checked = ::imap::check_password(
+            self.directory.clone(),
+            self.limiter.clone(),
+            user,
+            pass,
+            pre.peer.ip(),
+        )
+        .await;
+        let account = match checked {
+            Ok(a) => a,
+            Err(text) => return pre.tagged(tag, &format!("NO {text}")),
         };
         let header = super::header::Header {
             protocol: super::header::Protocol::Imap,

@@ -15,7 +15,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 use store::LoginGate;
-use store::directory::{AuthLimiter, AuthOutcome, Directory};
+use store::directory::{AuthLimiter, Directory};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
 
@@ -288,25 +288,21 @@ impl FrontPop3 {
     }
 
     async fn login(&self, pre: &mut Pre, user: &str, pass: &[u8]) -> Step {
-        let (dir, limiter, ip) = (self.directory.clone(), self.limiter.clone(), pre.peer.ip());
-        let (u, p) = (user.to_string(), pass.to_vec());
-        let outcome =
-            tokio::task::spawn_blocking(move || limiter.authenticate(&dir, &u, &p, ip)).await;
-        let refused = match outcome {
-            Ok(Ok(AuthOutcome::Ok(a))) => Ok(a),
-            Ok(Ok(AuthOutcome::Failed)) => Err("[AUTH] Invalid credentials".to_string()),
-            Ok(Ok(AuthOutcome::Throttled(d))) => Err(format!(
-                "[SYS/TEMP] Too many failed logins; try again in {} s",
-                d.as_secs().max(1)
-            )),
-            Ok(Err(_)) | Err(_) => {
-                pre.line("-ERR [SYS/TEMP] The account directory cannot be read; try again later");
+        let checked = ::pop3::check_password(
+            self.directory.clone(),
+            self.limiter.clone(),
+            user,
+            pass,
+            pre.peer.ip(),
+        )
+        .await;
+        let account = match checked {
+            Ok(a) => a,
+            Err(::pop3::Refusal::Unavailable(text)) => {
+                pre.line(&format!("-ERR {text}"));
                 return Step::Continue;
             }
-        };
-        let account = match refused {
-            Ok(a) => a,
-            Err(text) => {
+            Err(::pop3::Refusal::Failed(text)) => {
                 pre.failures += 1;
                 if pre.failures >= AUTH_FAILURES_MAX {
                     pre.line(&format!(
